@@ -1,0 +1,34 @@
+# The README's two set-up commands: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch lies on disk; pin it so pip never pulls a multi-GB CUDA build.
+TORCH_PIN := torch==2.13.0
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/h2aseg: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_PIN)
+	$(BIN)/pip install --quiet -e ".[test]" $(TORCH_PIN)
+	touch $@
+
+install: $(BIN)/h2aseg
+
+demo: install
+	$(BIN)/h2aseg demo --out runs/demo
+
+test: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/speed.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

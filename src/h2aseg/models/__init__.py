@@ -1,0 +1,5 @@
+"""Networks: H2ASeg, its ablations and the baselines, behind one registry."""
+
+from h2aseg.models.registry import build_model, list_models, register_model
+
+__all__ = ["build_model", "list_models", "register_model"]
