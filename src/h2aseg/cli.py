@@ -1,12 +1,208 @@
-"""The ``h2aseg`` command line: one Typer command per library function."""
+"""The ``h2aseg`` command line: one Typer command per library function, no logic of its own.
+
+Heavy imports (torch, MONAI, Lightning) happen inside the commands so that ``--help`` is instant.
+Every library error (``ValueError``, ``OSError``) becomes one red line and exit code 1.
+"""
 
 from __future__ import annotations
 
-import typer
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
 
-app = typer.Typer(help="PET/CT tumour segmentation with H2ASeg.", no_args_is_help=True)
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+app = typer.Typer(
+    help="PET/CT tumour segmentation with H2ASeg: phantoms, DICOM to SUV, training, prediction, metrics.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
 
 
 @app.callback()
-def main() -> None:
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
     """PET/CT tumour segmentation with H2ASeg."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=verbose)],
+        force=True,
+    )
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn a library error into one line on stderr and exit code 1."""
+    try:
+        yield
+    except (ValueError, OSError, KeyError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+        raise typer.Exit(code=1) from None
+
+
+def _run(function: Callable[[], object]) -> object:
+    with _user_errors():
+        return function()
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder of the demo run.")] = Path("runs/demo"),
+    cases: Annotated[int, typer.Option(help="Number of synthetic cases.")] = 40,
+    seed: Annotated[int, typer.Option(help="Seed of the cohort and the training.")] = 0,
+    minutes: Annotated[
+        float | None, typer.Option(help="Wall-time budget of the training (default: the config's).")
+    ] = None,
+) -> None:
+    """Synthetic cohort -> train H2ASeg -> predict held-out cases -> metrics, masks, reports, pictures."""
+    from h2aseg.demo import run_demo
+
+    _run(lambda: run_demo(out, n_cases=cases, seed=seed, max_minutes=minutes))
+
+
+@app.command()
+def phantom(
+    out: Annotated[Path, typer.Option(help="Folder to write the cohort into.")],
+    cases: Annotated[int, typer.Option(help="Number of cases.")] = 10,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same cohort).")] = 0,
+    layout: Annotated[str, typer.Option(help="autopet | nnunet | hecktor | flat")] = "autopet",
+    preset: Annotated[str, typer.Option(help="small | autopet | hecktor")] = "small",
+) -> None:
+    """Write a synthetic PET/CT cohort (CT in HU, PET in SUV, lesion masks) in a real dataset layout."""
+    from h2aseg.data.phantom import write_cohort
+
+    written = _run(lambda: write_cohort(out, n_cases=cases, seed=seed, layout=layout, preset=preset))
+    console.print(f"wrote {len(written)} cases ({layout} layout, {preset} preset) to {out}")
+
+
+@app.command("convert-dicom")
+def convert_dicom(
+    out: Annotated[Path, typer.Option(help="Output folder (pet_suv.nii.gz, ct.nii.gz, mask.nii.gz).")],
+    ct: Annotated[Path | None, typer.Option(help="CT DICOM series folder.")] = None,
+    pet: Annotated[Path | None, typer.Option(help="PET DICOM series folder.")] = None,
+    rtstruct: Annotated[Path | None, typer.Option(help="RTSTRUCT file to turn into a mask.")] = None,
+    roi: Annotated[str | None, typer.Option(help="ROI name in the RTSTRUCT.")] = None,
+) -> None:
+    """CT + PET DICOM series -> NIfTI, PET in body-weight SUV, CT on the PET grid."""
+    from h2aseg.data.dicom import convert_dicom as convert
+
+    if ct is None and pet is None:
+        console.print("[bold red]error:[/] give --ct, --pet or both")
+        raise typer.Exit(code=1)
+    if (rtstruct is None) != (roi is None):
+        console.print("[bold red]error:[/] --rtstruct and --roi go together")
+        raise typer.Exit(code=1)
+    written = _run(lambda: convert(ct, pet, out, rtstruct=rtstruct, roi=roi))
+    for name, path in written.items():
+        console.print(f"{name}: {path}")
+
+
+@app.command("check-data")
+def check_data(
+    root: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    layout: Annotated[str, typer.Option(help="auto | autopet | hecktor | nnunet | flat")] = "auto",
+) -> None:
+    """Integrity check of a dataset: a table of every problem; exit code 1 if any."""
+    from h2aseg.data.check import check_dataset, format_problems
+
+    problems = _run(lambda: check_dataset(root, layout=layout))
+    if problems:
+        Console().print(format_problems(problems))
+        console.print(f"[bold red]{len(problems)} problem(s) found in {root}[/]")
+        raise typer.Exit(code=1)
+    console.print(f"[green]no problem found in {root}[/]")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Option(help="YAML config (see configs/).")],
+    resume: Annotated[bool, typer.Option(help="Continue from the run's last.ckpt.")] = False,
+) -> None:
+    """Train a registered model from a YAML config; extra KEY=VALUE arguments override it."""
+    from h2aseg.training.train import train as run_training
+
+    best = _run(lambda: run_training(config, list(ctx.args), resume=resume))
+    console.print(f"best checkpoint: {best}")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Option(help="Checkpoint (.ckpt) written by h2aseg train.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    ct: Annotated[Path | None, typer.Option(help="CT NIfTI (HU).")] = None,
+    pet: Annotated[Path | None, typer.Option(help="PET NIfTI (SUV).")] = None,
+    dataset: Annotated[Path | None, typer.Option(help="A dataset folder in any known layout.")] = None,
+    ct_dicom: Annotated[Path | None, typer.Option(help="CT DICOM series folder.")] = None,
+    pet_dicom: Annotated[Path | None, typer.Option(help="PET DICOM series folder.")] = None,
+    grid: Annotated[str, typer.Option(help="pet | ct: the grid of the written mask.")] = "pet",
+    overlap: Annotated[float | None, typer.Option(help="Sliding-window overlap (0-1).")] = None,
+    sw_batch_size: Annotated[int | None, typer.Option(help="Windows per forward pass.")] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Flip test-time augmentation.")] = None,
+    probabilities: Annotated[bool, typer.Option(help="Also write the probability map.")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+) -> None:
+    """Whole-volume segmentation: masks in the original geometry, lesion reports, MIP pictures."""
+    from h2aseg.inference.predictor import predict as run_prediction
+
+    results = _run(
+        lambda: run_prediction(
+            model,
+            out,
+            ct=ct,
+            pet=pet,
+            dataset=dataset,
+            ct_dicom=ct_dicom,
+            pet_dicom=pet_dicom,
+            grid=grid,
+            overlap=overlap,
+            sw_batch_size=sw_batch_size,
+            tta=tta,
+            save_probabilities=probabilities,
+            device=device,
+        )
+    )
+    console.print(f"segmented {len(results)} case(s); masks, lesion reports and pictures in {out}")
+
+
+@app.command()
+def evaluate(
+    pred: Annotated[Path, typer.Option(help="Folder of predicted masks ({case}_seg.nii.gz).")],
+    gt: Annotated[Path, typer.Option(help="Ground truth: a dataset folder or a folder of masks.")],
+    out: Annotated[Path | None, typer.Option(help="Write per_case.csv and summary.json here.")] = None,
+) -> None:
+    """Dice, HD95, precision, recall, autoPET FPV/FNV and aggregated Dice of predictions."""
+    from h2aseg.evaluation.evaluate import evaluate_folder, format_summary_table
+
+    summary = _run(lambda: evaluate_folder(pred, gt, out))
+    Console().print(format_summary_table(summary))
+
+
+@app.command()
+def bench(
+    speed: Annotated[bool, typer.Option(help="Speed, memory and scaling of every model.")] = False,
+    quality: Annotated[bool, typer.Option(help="Paper's Table 1/2 on the synthetic cohort.")] = False,
+    quick: Annotated[bool, typer.Option(help="Tiny sizes: a smoke check in minutes.")] = False,
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("benchmarks/results"),
+) -> None:
+    """Measure the models on this machine (results as JSON and Markdown)."""
+    if not (speed or quality):
+        console.print("[bold red]error:[/] choose --speed, --quality or both")
+        raise typer.Exit(code=1)
+    if speed:
+        from h2aseg.bench.speed import run_speed_benchmark
+
+        _run(lambda: run_speed_benchmark(out, quick=quick))
+    if quality:
+        from h2aseg.bench.quality import run_quality_benchmark
+
+        _run(lambda: run_quality_benchmark(out, quick=quick))
