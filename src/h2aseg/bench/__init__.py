@@ -1,0 +1,1 @@
+"""Benchmarks: speed, memory and scaling; the paper's tables on the synthetic cohort."""

@@ -1,0 +1,292 @@
+"""Speed, memory and scaling of every registered model (``h2aseg bench --speed``).
+
+Each measurement runs in a fresh Python process, so the peak resident memory it reports
+(``ru_maxrss`` on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU) belongs to that
+measurement alone. Figures are medians over ``repeats`` runs after one warm-up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+
+from rich.progress import track
+
+logger = logging.getLogger(__name__)
+
+TRAIN_SIZE = (128, 128, 64)
+VOLUME_SIZES = {
+    "head-neck crop": (192, 192, 96),
+    "half body": (256, 256, 160),
+    "whole body (AutoPET)": (400, 400, 326),
+}
+QUICK_TRAIN_SIZE = (32, 32, 16)
+QUICK_VOLUME_SIZES = {"tiny volume": (48, 48, 24)}
+QUICK_CHANNELS = {"channels": (2, 4, 8, 16, 32)}
+
+
+@dataclass
+class SpeedResult:
+    """One measurement: a model, a task (``train`` step or whole-``volume`` prediction) and a size."""
+
+    model: str
+    task: str
+    size: tuple[int, int, int]
+    batch: int
+    device: str
+    dtype: str
+    parameters: int = 0
+    gflops_forward: float | None = None
+    seconds_median: float | None = None
+    seconds_all: list[float] = field(default_factory=list)
+    peak_memory_gb: float | None = None
+    tflops_achieved: float | None = None
+    error: str | None = None
+
+
+def _peak_rss_gb() -> float:
+    """Peak resident set size of this process in GB (Linux reports kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def _small_overrides(name: str, size: tuple[int, int, int], quick: bool) -> dict:
+    """Constructor overrides: fixed-size models get the patch size; quick mode shrinks widths."""
+    overrides: dict = {}
+    if name == "unetr":
+        overrides["img_size"] = size
+    if quick:
+        if name.startswith("h2aseg"):
+            overrides.update(QUICK_CHANNELS)
+        elif name in {"unetr", "swin-unetr"}:
+            overrides["feature_size"] = 12 if name == "swin-unetr" else 8
+    return overrides
+
+
+def measure(
+    name: str,
+    task: str,
+    size: tuple[int, int, int],
+    batch: int,
+    device: str,
+    dtype: str,
+    repeats: int,
+    quick: bool,
+) -> SpeedResult:
+    """Measure one model in this process (called in a fresh subprocess by :func:`run_speed_benchmark`)."""
+    import torch
+    from monai.inferers import sliding_window_inference
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from h2aseg.models import build_model
+
+    result = SpeedResult(name, task, size, batch, device, dtype)
+    torch.manual_seed(0)
+    patch = QUICK_TRAIN_SIZE if quick else TRAIN_SIZE
+    model = build_model(name, **_small_overrides(name, patch, quick)).to(device)
+    result.parameters = sum(p.numel() for p in model.parameters())
+    autocast_dtype = torch.bfloat16 if dtype == "bf16" else None
+    use_cuda = device.startswith("cuda")
+
+    def autocast():
+        return torch.autocast(
+            device_type="cuda" if use_cuda else "cpu",
+            dtype=autocast_dtype or torch.float32,
+            enabled=autocast_dtype is not None,
+        )
+
+    def synchronise() -> None:
+        if use_cuda:
+            torch.cuda.synchronize()
+
+    if task == "train":
+        model.train()
+        optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
+        inputs = torch.randn(batch, 2, *size, device=device)
+        target = torch.randint(0, 2, (batch, *size), device=device)
+        with FlopCounterMode(display=False) as counter, torch.no_grad(), autocast():
+            model.eval()(inputs[:1])
+        result.gflops_forward = counter.get_total_flops() / 1e9
+        model.train()
+
+        def step() -> None:
+            optimiser.zero_grad(set_to_none=True)
+            with autocast():
+                outputs = model.forward_deep(inputs) if hasattr(model, "forward_deep") else [model(inputs)]
+                loss = sum(torch.nn.functional.cross_entropy(o.float(), target) for o in outputs)
+            loss.backward()
+            optimiser.step()
+    else:
+        model.eval()
+        volume = torch.randn(1, 2, *size, device=device)
+
+        def step() -> None:
+            with torch.inference_mode(), autocast():
+                sliding_window_inference(
+                    volume, patch, sw_batch_size=batch, predictor=model, overlap=0.25, mode="gaussian"
+                )
+
+    if use_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    for index in range(repeats + 1):
+        synchronise()
+        started = time.perf_counter()
+        step()
+        synchronise()
+        if index > 0:
+            result.seconds_all.append(time.perf_counter() - started)
+    result.seconds_median = statistics.median(result.seconds_all)
+    result.peak_memory_gb = torch.cuda.max_memory_allocated() / 1024**3 if use_cuda else _peak_rss_gb()
+    if task == "train" and result.gflops_forward:
+        # forward + backward is about three forwards, per sample of the batch
+        result.tflops_achieved = 3 * result.gflops_forward * batch / result.seconds_median / 1e3
+    return result
+
+
+def _measure_in_subprocess(args: dict, timeout_s: float) -> SpeedResult:
+    """Run :func:`measure` in a fresh interpreter and parse its JSON answer."""
+    command = [sys.executable, "-m", "h2aseg.bench.speed", json.dumps(args)]
+    base = SpeedResult(
+        args["name"], args["task"], tuple(args["size"]), args["batch"], args["device"], args["dtype"]
+    )
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        base.error = f"timed out after {timeout_s:.0f} s"
+        return base
+    if completed.returncode != 0:
+        lines = (completed.stderr or "no output").strip().splitlines()
+        base.error = lines[-1] if lines else f"exit code {completed.returncode}"
+        return base
+    answer = json.loads(completed.stdout.strip().splitlines()[-1])
+    answer["size"] = tuple(answer["size"])
+    return SpeedResult(**answer)
+
+
+def run_speed_benchmark(
+    out_dir: Path,
+    quick: bool = False,
+    models: list[str] | None = None,
+    device: str = "cpu",
+    dtypes: tuple[str, ...] = ("fp32",),
+    repeats: int = 3,
+    volume_models: list[str] | None = None,
+    threads: int | None = None,
+    timeout_s: float = 1800,
+) -> list[SpeedResult]:
+    """Measure every model and write ``speed_{device}.json`` and ``speed_{device}.md`` to ``out_dir``.
+
+    Args:
+        out_dir: results folder.
+        quick: tiny sizes and widths (a smoke check that takes a minute).
+        models: model names (default: all registered).
+        device: ``cpu`` or ``cuda``.
+        dtypes: ``fp32`` and/or ``bf16`` (autocast).
+        repeats: timed runs after one warm-up; the median is reported.
+        volume_models: models timed on whole volumes (default: ``h2aseg`` and ``h2aseg-baseline``).
+        threads: torch threads in each measurement (default: all cores).
+        timeout_s: limit per measurement.
+    """
+    from h2aseg.models import list_models
+
+    names = models or list_models()
+    train_size = QUICK_TRAIN_SIZE if quick else TRAIN_SIZE
+    volume_sizes = QUICK_VOLUME_SIZES if quick else VOLUME_SIZES
+    jobs = [
+        {"name": n, "task": "train", "size": train_size, "batch": 2, "device": device, "dtype": d}
+        for d in dtypes
+        for n in names
+    ]
+    jobs += [
+        {"name": n, "task": "volume", "size": s, "batch": 2, "device": device, "dtype": d}
+        for d in dtypes
+        for n in (volume_models or ["h2aseg", "h2aseg-baseline"])
+        for s in volume_sizes.values()
+    ]
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    results = []
+    for job in track(jobs, description="benchmarking"):
+        result = _measure_in_subprocess({**job, "repeats": repeats, "quick": quick}, timeout_s)
+        logger.info(
+            "%s %s %s: %s", job["name"], job["task"], job["size"], result.seconds_median or result.error
+        )
+        results.append(result)
+    write_results(results, Path(out_dir), device, quick)
+    return results
+
+
+def _machine() -> str:
+    if platform.system() == "Linux":
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+    else:
+        cpu = platform.processor()
+    return f"{cpu}, {os.cpu_count()} cores, threads {os.environ.get('OMP_NUM_THREADS', 'all')}"
+
+
+def write_results(results: list[SpeedResult], out_dir: Path, device: str, quick: bool) -> Path:
+    """Write the JSON and a Markdown table; returns the Markdown path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = f"{device.split(':')[0]}{'_quick' if quick else ''}"
+    meta = {"date": date.today().isoformat(), "machine": _machine(), "command": " ".join(sys.argv)}
+    json_path = out_dir / f"speed_{suffix}.json"
+    temporary = json_path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=2))
+    os.replace(temporary, json_path)
+    lines = [
+        f"# Speed and memory ({device}, {meta['date']})",
+        "",
+        f"Machine: {meta['machine']}. Median of the timed runs after one warm-up; "
+        "peak memory of a fresh process (CPU: peak RSS; GPU: max allocated).",
+        "",
+        "| model | task | size | batch | dtype | params (M) | GFLOPs fwd (1 sample) | s (median) "
+        "| peak GB | TFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        size = "×".join(map(str, r.size))
+        if r.error:
+            lines.append(
+                f"| {r.model} | {r.task} | {size} | {r.batch} | {r.dtype} | | | failed: {r.error} | | |"
+            )
+            continue
+        gflops = f"{r.gflops_forward:.1f}" if r.gflops_forward else ""
+        tflops = f"{r.tflops_achieved:.3f}" if r.tflops_achieved else ""
+        lines.append(
+            f"| {r.model} | {r.task} | {size} | {r.batch} | {r.dtype} | {r.parameters / 1e6:.2f} | {gflops} "
+            f"| {r.seconds_median:.2f} | {r.peak_memory_gb:.2f} | {tflops} |"
+        )
+    markdown_path = out_dir / f"speed_{suffix}.md"
+    markdown_path.write_text("\n".join(lines) + "\n")
+    return markdown_path
+
+
+if __name__ == "__main__":
+    arguments = json.loads(sys.argv[1])
+    measured = measure(
+        arguments["name"],
+        arguments["task"],
+        tuple(arguments["size"]),
+        arguments["batch"],
+        arguments["device"],
+        arguments["dtype"],
+        arguments["repeats"],
+        arguments["quick"],
+    )
+    print(json.dumps(asdict(measured)))
