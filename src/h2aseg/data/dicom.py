@@ -1,0 +1,212 @@
+"""PET/CT DICOM series to NIfTI: PET in body-weight SUV (g/mL), CT in HU, both on the PET grid.
+
+Pixel data and geometry come from SimpleITK (which applies each slice's own rescale slope),
+tags from pydicom; the SUV factor from :mod:`h2aseg.data.suv`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from h2aseg.data.rtstruct import FRAME_OF_REFERENCE_KEY, roi_names, rtstruct_to_mask
+from h2aseg.data.suv import (
+    PET_IMAGE_STORAGE,
+    DicomSuvError,
+    SuvCalibration,
+    series_suv_calibration,
+    suv_calibration,
+    suv_factor,
+    text_value,
+)
+
+__all__ = [
+    "DicomSuvError",
+    "SuvCalibration",
+    "convert_dicom",
+    "read_ct_hu",
+    "read_pet_suv",
+    "series_suv_calibration",
+    "suv_calibration",
+    "suv_factor",
+]
+
+logger = logging.getLogger(__name__)
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def _series_files(
+    series_dir: Path, modality: str, sop_class: str, series_uid: str | None
+) -> list[tuple[Path, Dataset]]:
+    """The (path, header) pairs of the one series of this kind under ``series_dir`` (searched recursively)."""
+    if not series_dir.is_dir():
+        raise ValueError(f"{series_dir}: not a folder")
+    series: dict[str, list[tuple[Path, Dataset]]] = {}
+    for path in sorted(p for p in series_dir.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError):
+            continue
+        if text_value(ds, "Modality") == modality and text_value(ds, "SOPClassUID") == sop_class:
+            series.setdefault(text_value(ds, "SeriesInstanceUID"), []).append((path, ds))
+    if series_uid is not None:
+        series = {uid: files for uid, files in series.items() if uid == series_uid}
+    if not series:
+        raise ValueError(f"{series_dir}: no {modality} series of SOP class {sop_class} found")
+    if len(series) > 1:
+        listing = "; ".join(f"{uid} ({len(files)} slices)" for uid, files in series.items())
+        raise ValueError(f"{series_dir}: several {modality} series, pick one with series_uid: {listing}")
+    return next(iter(series.values()))
+
+
+def _sorted_slices(files: list[tuple[Path, Dataset]], series_dir: Path) -> list[tuple[Path, Dataset]]:
+    """Slices ordered along the slice normal; duplicate positions are refused."""
+    try:
+        orientation = np.asarray(files[0][1].ImageOrientationPatient, dtype=float)
+        positions_mm = np.asarray([ds.ImagePositionPatient for _, ds in files], dtype=float)
+    except AttributeError as error:
+        raise ValueError(f"{series_dir}: a slice lacks its position or orientation ({error})") from error
+    positions = positions_mm @ np.cross(orientation[:3], orientation[3:])
+    order = np.argsort(positions, kind="stable")
+    if len(files) > 1 and np.min(np.diff(positions[order])) < 1e-3:
+        raise ValueError(f"{series_dir}: several slices share one position (two acquisitions in one series?)")
+    return [files[index] for index in order]
+
+
+def _read_series(files: list[tuple[Path, Dataset]]) -> sitk.Image:
+    """Pixel data and geometry through SimpleITK, which applies each slice's own slope and intercept."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(path) for path, _ in files])
+    reader.SetOutputPixelType(sitk.sitkFloat64)
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        image = reader.Execute()
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
+    image.SetMetaData(FRAME_OF_REFERENCE_KEY, text_value(files[0][1], "FrameOfReferenceUID"))
+    return image
+
+
+def read_pet_suv(series_dir: Path, series_uid: str | None = None) -> sitk.Image:
+    """Read a PET series and convert it to body-weight SUV.
+
+    Args:
+        series_dir: a folder holding the series (searched recursively; other series, other
+            modalities and non-DICOM files are ignored).
+        series_uid: the SeriesInstanceUID to read when the folder holds several PET series.
+
+    Returns:
+        float32 SUV image (g/mL) in LPS patient geometry; metadata ``0020|0052`` holds the
+        FrameOfReferenceUID.
+    """
+    series_dir = Path(series_dir)
+    files = _sorted_slices(_series_files(series_dir, "PT", PET_IMAGE_STORAGE, series_uid), series_dir)
+    calibration = series_suv_calibration([ds for _, ds in files], [path for path, _ in files])
+    logger.info("%s: SUV factor %.6g (%s)", series_dir, calibration.factor, calibration.method)
+    image = _read_series(files)
+    suv = sitk.Cast(image * calibration.factor, sitk.sitkFloat32)
+    suv.CopyInformation(image)
+    suv.SetMetaData(FRAME_OF_REFERENCE_KEY, image.GetMetaData(FRAME_OF_REFERENCE_KEY))
+    return suv
+
+
+def read_ct_hu(series_dir: Path, series_uid: str | None = None) -> sitk.Image:
+    """Read a CT series in Hounsfield units.
+
+    Args:
+        series_dir: a folder holding the series (searched recursively).
+        series_uid: the SeriesInstanceUID to read when the folder holds several CT series.
+
+    Returns:
+        float32 HU image in LPS patient geometry; metadata ``0020|0052`` holds the FrameOfReferenceUID.
+    """
+    series_dir = Path(series_dir)
+    files = _sorted_slices(_series_files(series_dir, "CT", CT_IMAGE_STORAGE, series_uid), series_dir)
+    image = _read_series(files)
+    ct_hu = sitk.Cast(image, sitk.sitkFloat32)
+    ct_hu.SetMetaData(FRAME_OF_REFERENCE_KEY, image.GetMetaData(FRAME_OF_REFERENCE_KEY))
+    return ct_hu
+
+
+def _write_all_or_nothing(images: dict[str, sitk.Image], out_dir: Path) -> dict[str, Path]:
+    """Write ``{name}.nii.gz`` files into a hidden temporary folder, then move them into ``out_dir``.
+
+    On failure nothing is left: neither the temporary folder nor an ``out_dir`` made here.
+    """
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-dicom-", dir=out_dir))
+    try:
+        for name, image in images.items():
+            sitk.WriteImage(image, str(staging / f"{name}.nii.gz"), useCompression=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            out_dir.rmdir()
+        raise
+    written = {}
+    for name in images:
+        written[name] = out_dir / f"{name}.nii.gz"
+        os.replace(staging / f"{name}.nii.gz", written[name])
+    staging.rmdir()
+    return written
+
+
+def convert_dicom(
+    ct_dir: Path | None,
+    pet_dir: Path | None,
+    out_dir: Path,
+    rtstruct: Path | None = None,
+    roi: str | None = None,
+) -> dict[str, Path]:
+    """Convert a CT and/or PET DICOM series (and optionally one RTSTRUCT ROI) to NIfTI.
+
+    Writes ``pet_suv.nii.gz`` (float32 SUV), ``ct.nii.gz`` (float32 HU, resampled linearly onto
+    the PET grid when both are given, -1000 HU outside the CT) and ``mask.nii.gz`` (uint8, on the
+    PET grid, or on the CT grid when only CT is given). Nothing is written unless all succeed.
+
+    Args:
+        ct_dir: folder of the CT series, or None.
+        pet_dir: folder of the PET series, or None.
+        out_dir: output folder (created).
+        rtstruct: an RTSTRUCT file, or None.
+        roi: the ROI name in the RTSTRUCT (case-insensitive); may be omitted when it holds one ROI.
+
+    Returns:
+        ``{"pet_suv": path, "ct": path, "mask": path}``, with only the files written.
+    """
+    if ct_dir is None and pet_dir is None:
+        raise ValueError("convert_dicom: give a CT folder, a PET folder, or both")
+    images: dict[str, sitk.Image] = {}
+    if pet_dir is not None:
+        images["pet_suv"] = read_pet_suv(Path(pet_dir))
+    if ct_dir is not None:
+        ct_hu = read_ct_hu(Path(ct_dir))
+        if "pet_suv" in images:
+            pet = images["pet_suv"]
+            if ct_hu.GetMetaData(FRAME_OF_REFERENCE_KEY) != pet.GetMetaData(FRAME_OF_REFERENCE_KEY):
+                logger.warning(
+                    "%s, %s: different FrameOfReferenceUID, may not be registered", ct_dir, pet_dir
+                )
+            ct_hu = sitk.Resample(ct_hu, pet, sitk.Transform(), sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
+        images["ct"] = ct_hu
+    if rtstruct is not None:
+        reference = images.get("pet_suv", images.get("ct"))
+        if roi is None:
+            names = roi_names(Path(rtstruct))
+            if len(names) != 1:
+                raise ValueError(f"{rtstruct}: holds ROIs {names}; choose one with roi")
+            roi = names[0]
+        images["mask"] = rtstruct_to_mask(Path(rtstruct), roi, reference)
+    return _write_all_or_nothing(images, Path(out_dir))
