@@ -55,7 +55,7 @@ SCHEMA: dict[str, Any] = {
         "cache_dir": Field(_STR + _NONE, None),
         "num_workers": Field(_INT, 0),
     },
-    "loss": {"deep_supervision_weights": Field((list,), [5, 4, 3, 2, 1])},
+    "loss": {"deep_supervision_weights": Field((list, type(None)), [5, 4, 3, 2, 1])},
     "optim": {
         "lr": Field(_FLOAT, 1.0e-4),
         "weight_decay": Field(_FLOAT, 1.0e-5),
@@ -92,6 +92,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "inference.mode": ("gaussian", "constant"),
 }
 
+# Sections that a config file or an override replaces as a whole instead of merging into the default.
+_REPLACED_SECTIONS = ("classes",)
+
 # Keys whose relative paths are made absolute (against the working directory) when resolving, so
 # the saved config still points at the same files from anywhere.
 _PATH_KEYS = ("output_dir", "data.root", "data.split_file", "data.cache_dir")
@@ -113,12 +116,14 @@ def resolve_config(path: Path | str, overrides: Sequence[str] = ()) -> dict[str,
             names the file and the key.
     """
     path = Path(path)
-    loaded = load_yaml(path)
+    config = _merge(copy.deepcopy(_defaults(SCHEMA)), load_yaml(path))
+    _reset_model_if_renamed(config, overrides, path)
     for override in overrides:
-        apply_override(loaded, override, path)
-    config = _merge(copy.deepcopy(_defaults(SCHEMA)), loaded)
+        apply_override(config, override, path)
     _validate(config, SCHEMA, path, prefix="")
     _check_values(config, path)
+    config["preprocess"] = _resolve_preprocess(config, path)
+    _check_model_name(config, path)
     _absolutise_paths(config)
     return to_plain(config)
 
@@ -150,15 +155,27 @@ def apply_override(config: dict[str, Any], override: str, path: Path) -> None:
         value = yaml.safe_load(raw_value) if raw_value.strip() else None
     except yaml.YAMLError as error:
         raise ValueError(f"{path}: override {override!r}: value is not valid YAML") from error
-    *parents, leaf = key.split(".")
+    *parents, leaf = (int(part) if part.isdigit() else part for part in key.split("."))
     node = config
     for depth, part in enumerate(parents):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            section = ".".join(parents[: depth + 1])
+            section = ".".join(str(part) for part in parents[: depth + 1])
             raise ValueError(f"{path}: override {override!r}: {section} is not a section")
         node = child
     node[leaf] = value
+
+
+def _reset_model_if_renamed(config: dict[str, Any], overrides: Sequence[str], path: Path) -> None:
+    """An override ``model.name=X`` naming another model than the file selects X with its defaults:
+    the file's model arguments are dropped (later ``model.*`` overrides still apply)."""
+    names = [
+        item.partition("=")[2].strip() for item in overrides if item.partition("=")[0].strip() == "model.name"
+    ]
+    model = config.get("model")
+    if names and isinstance(model, dict) and model.get("name") != names[-1]:
+        logger.info("model.name=%s replaces %s of %s and its arguments", names[-1], model.get("name"), path)
+        config["model"] = {}
 
 
 def save_config(config: Mapping[str, Any], path: Path) -> Path:
@@ -202,7 +219,7 @@ def _defaults(schema: Mapping[str, Any]) -> dict[str, Any]:
 def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     """Recursive update of ``base`` by ``update`` (sections merge, leaves replace)."""
     for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict) and key not in _REPLACED_SECTIONS:
             base[key] = _merge(base[key], value)
         else:
             base[key] = copy.deepcopy(value)
@@ -256,8 +273,13 @@ def _check_values(config: dict[str, Any], path: Path) -> None:
     if not isinstance(config["model"].get("name"), str):
         raise ValueError(f"{path}: model.name must be the name of a registered model")
     weights = config["loss"]["deep_supervision_weights"]
-    if not weights or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
-        raise ValueError(f"{path}: loss.deep_supervision_weights must be a non-empty list of numbers")
+    if weights is not None and (
+        not weights
+        or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)
+    ):
+        raise ValueError(
+            f"{path}: loss.deep_supervision_weights must be null or a non-empty list of non-negative numbers"
+        )
     ratios = config["data"]["split_ratios"]
     if len(ratios) != 3 or not all(isinstance(r, (int, float)) and r >= 0 for r in ratios):
         raise ValueError(f"{path}: data.split_ratios must be three non-negative numbers (train, val, test)")
@@ -272,6 +294,36 @@ def _check_values(config: dict[str, Any], path: Path) -> None:
         raise ValueError(f"{path}: classes must map at least two integer labels to names, got {classes}")
     if config["data"]["target"] == "binary" and len(classes) != 2:
         raise ValueError(f"{path}: data.target=binary needs exactly two classes, got {classes}")
+
+
+def _resolve_preprocess(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The ``preprocess`` section with every ``PreprocessConfig`` field filled and checked.
+
+    ``binarize_label`` follows ``data.target`` (binary: every label > 0 becomes 1); setting it against
+    the target is an error.
+    """
+    from h2aseg.data.transforms import PreprocessConfig
+
+    section = dict(config["preprocess"])
+    binary = config["data"]["target"] == "binary"
+    if section.setdefault("binarize_label", binary) != binary:
+        raise ValueError(
+            f"{path}: preprocess.binarize_label={section['binarize_label']} contradicts "
+            f"data.target={config['data']['target']}"
+        )
+    try:
+        return PreprocessConfig.from_dict(section).to_dict()
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: {error}") from error
+
+
+def _check_model_name(config: dict[str, Any], path: Path) -> None:
+    """``model.name`` must be a registered model."""
+    from h2aseg.models import list_models
+
+    names = list_models()
+    if config["model"]["name"] not in names:
+        raise ValueError(f"{path}: model.name={config['model']['name']!r} is not one of {', '.join(names)}")
 
 
 def _absolutise_paths(config: dict[str, Any]) -> None:

@@ -1,0 +1,144 @@
+"""``SegmentationModule``: the Lightning training and validation steps around any registered network."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from monai.metrics import DiceMetric
+from monai.utils import convert_to_tensor
+from torch.nn import functional as F
+
+from h2aseg.models import build_model
+from h2aseg.training.config import to_plain
+from h2aseg.training.loss import DeepSupervisionLoss
+
+logger = logging.getLogger(__name__)
+
+
+def build_network(config: dict[str, Any]) -> torch.nn.Module:
+    """Build ``config["model"]`` (``name`` plus keyword arguments of ``build_model``) and check its classes.
+
+    Raises:
+        ValueError: unknown model, bad argument, or output channels that do not fit ``config["classes"]``.
+    """
+    arguments = dict(config["model"])
+    name = arguments.pop("name")
+    try:
+        model = build_model(name, **arguments)
+    except TypeError as error:
+        raise ValueError(f"model {name!r}: bad argument in config section model ({error})") from error
+    n_classes = len(config["classes"])
+    if model.output_activation == "sigmoid" and (model.out_channels != 1 or n_classes != 2):
+        raise ValueError(f"model {name!r} has a sigmoid output: it needs out_channels=1 and two classes")
+    if model.output_activation == "softmax" and model.out_channels != n_classes:
+        raise ValueError(
+            f"model {name!r} has {model.out_channels} output channels but config classes has {n_classes} "
+            f"entries; set model.out_channels={n_classes}"
+        )
+    return model
+
+
+def patch_size_of(config: dict[str, Any]) -> tuple[int, int, int]:
+    """The training patch size ``(X, Y, Z)`` in voxels (``preprocess.patch_size``), the sliding-window roi."""
+    return tuple(int(size) for size in config["preprocess"]["patch_size"])  # type: ignore[return-value]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 32-bit seed that depends only on the run's seed and the epoch (used to reseed every epoch)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+class SegmentationModule(lightning.LightningModule):
+    """Training (patches, CE/BCE + Dice, deep supervision if the network has it) and validation
+    (whole volumes by Gaussian sliding window, foreground Dice) of one registered network.
+
+    Args:
+        config: the resolved run config (:func:`h2aseg.training.config.resolve_config`); stored as the
+            checkpoint's ``hyper_parameters["config"]``.
+
+    Logged: ``train/loss`` (per step and per epoch), ``val/dice`` (mean foreground Dice over the
+    validation volumes that contain foreground), ``lr``.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": to_plain(config)})
+        self.config = self.hparams["config"]
+        self.model = build_network(self.config)
+        self.deep_supervision = hasattr(self.model, "forward_deep")
+        weights = self.config["loss"]["deep_supervision_weights"] if self.deep_supervision else None
+        self.loss = DeepSupervisionLoss(weights, output_activation=self.model.output_activation)
+        self.n_classes = len(self.config["classes"])
+        self.binary_target = self.config["data"]["target"] == "binary"
+        self.dice_metric = DiceMetric(
+            include_background=self.model.output_activation == "sigmoid", reduction="mean", ignore_empty=True
+        )
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, C, X, Y, Z)`` of ``image`` ``(B, 2, X, Y, Z)`` (channel 0 CT, channel 1 PET)."""
+        return self.model(image)
+
+    def on_train_epoch_start(self) -> None:
+        """Reseed torch from (seed, epoch) so dropout draws do not depend on earlier epochs (exact resume)."""
+        torch.manual_seed(epoch_seed(self.config["seed"], self.current_epoch))
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
+        """Loss of one batch of patches ``image (B, 2, x, y, z)``, ``label (B, 1, x, y, z)``."""
+        image, label = self._image_and_label(batch)
+        logits = self.model.forward_deep(image) if self.deep_supervision else self.model(image)
+        loss = self.loss(logits, label)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=image.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:
+        """Sliding-window segmentation of one whole volume and its Dice against the label."""
+        image, label = self._image_and_label(batch)
+        inference = self.config["inference"]
+        logits = sliding_window_inference(
+            image,
+            roi_size=patch_size_of(self.config),
+            sw_batch_size=inference["sw_batch_size"],
+            predictor=self.model,
+            overlap=inference["overlap"],
+            mode=inference["mode"],
+        )
+        self.dice_metric(y_pred=self._one_hot_prediction(logits), y=self._one_hot_label(label))
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``val/dice`` (nan when no validation volume has foreground) and reset the metric."""
+        dice = self.dice_metric.aggregate().item() if len(self.dice_metric) else float("nan")
+        self.dice_metric.reset()
+        self.log("val/dice", dice, prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """Adam with weight decay and a learning rate multiplied by ``optim.lr_decay`` after every epoch."""
+        optim = self.config["optim"]
+        optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=optim["lr"], weight_decay=optim["weight_decay"]
+        )
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=optim["lr_decay"])
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def _image_and_label(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Plain tensors (no MONAI metadata tracking in the network); labels binarised for a binary target."""
+        image = convert_to_tensor(batch["image"], track_meta=False).float()
+        label = convert_to_tensor(batch["label"], track_meta=False)
+        label = (label > 0).float() if self.binary_target else label.round().float()
+        return image, label
+
+    def _one_hot_prediction(self, logits: torch.Tensor) -> torch.Tensor:
+        """Discrete prediction ``(B, C, X, Y, Z)`` (one-hot for softmax, ``logit > 0`` for sigmoid)."""
+        if self.model.output_activation == "sigmoid":
+            return (logits > 0).float()
+        return F.one_hot(logits.argmax(dim=1), self.n_classes).movedim(-1, 1).float()
+
+    def _one_hot_label(self, label: torch.Tensor) -> torch.Tensor:
+        """One-hot label ``(B, C, X, Y, Z)`` matching :meth:`_one_hot_prediction`."""
+        if self.model.output_activation == "sigmoid":
+            return label
+        return F.one_hot(label[:, 0].long(), self.n_classes).movedim(-1, 1).float()

@@ -1,0 +1,165 @@
+"""``train``: one run from a YAML config, on one CPU, one GPU, several GPUs or several nodes.
+
+Multi-GPU and multi-node training need no code change: set ``trainer.devices``, ``trainer.num_nodes``
+and ``trainer.strategy=ddp`` and launch as usual (plain ``python``/``h2aseg`` for one node, ``torchrun``
+or SLURM ``srun`` for several; Lightning reads the cluster environment).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from h2aseg.training.config import CONFIG_FILENAME, resolve_config, save_config
+from h2aseg.training.datamodule import PETCTDataModule
+from h2aseg.training.module import SegmentationModule
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+BEST_NAME = "best"
+LAST_NAME = "last"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in its own folder, then renames it into place.
+
+    Lightning's own writer goes through an fsspec transaction whose temporary file lies in the system
+    temp folder; when that is another file system than the run folder (local ``/tmp``, run on NFS or
+    Lustre) the final move is a copy, and a crash mid-copy leaves a truncated ``last.ckpt``.
+    ``os.replace`` within one folder is atomic. Remote URLs (``s3://``...) keep Lightning's writer.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        """Save ``checkpoint`` to ``path`` atomically."""
+        if "://" in str(path) or storage_options is not None:
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                torch.save(checkpoint, stream)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+def train(config_path: Path, overrides: Sequence[str] = (), resume: bool = False) -> Path:
+    """Train the model of a YAML config and return the path of its best checkpoint.
+
+    Args:
+        config_path: YAML run config (``configs/*.yaml``; reference in ``docs/training.md``).
+        overrides: dotted ``key=value`` overrides, e.g. ``["trainer.max_epochs=5", "data.root=data/x"]``.
+        resume: continue the run of ``output_dir`` from ``checkpoints/last.ckpt`` (weights, optimiser,
+            scheduler, epoch counter); the same config gives the same weights as an uninterrupted run.
+
+    Returns:
+        ``output_dir/checkpoints/best.ckpt`` (highest ``val/dice``), or ``last.ckpt`` if no validation ran.
+
+    Raises:
+        ValueError: bad config, bad dataset, or ``resume`` without a ``last.ckpt``.
+    """
+    config = resolve_config(config_path, overrides)
+    trainer = run_training(config, resume=resume)
+    best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best_path:
+        return Path(best_path)
+    last_path = checkpoint_dir(config) / f"{LAST_NAME}.ckpt"
+    logger.warning("no validation ran (trainer.val_every > epochs trained): returning %s", last_path)
+    return last_path
+
+
+def run_training(
+    config: dict[str, Any], resume: bool = False, callbacks: Sequence[Callback] = ()
+) -> lightning.Trainer:
+    """Seed, save the resolved config, build module, data and trainer, and fit.
+
+    Args:
+        config: resolved config (:func:`h2aseg.training.config.resolve_config`).
+        resume: continue from ``output_dir/checkpoints/last.ckpt``.
+        callbacks: extra Lightning callbacks.
+
+    Returns:
+        The fitted trainer (``trainer.lightning_module`` holds the final weights).
+    """
+    output_dir = Path(config["output_dir"])
+    last_path = checkpoint_dir(config) / f"{LAST_NAME}.ckpt"
+    if resume and not last_path.is_file():
+        raise ValueError(f"{last_path}: no checkpoint to resume from (train once without resume first)")
+    lightning.seed_everything(config["seed"], workers=True)
+    if rank_zero_only.rank == 0:
+        save_config(config, output_dir / CONFIG_FILENAME)
+        logger.info("resolved config written to %s", output_dir / CONFIG_FILENAME)
+    module = SegmentationModule(config)
+    datamodule = PETCTDataModule(config)
+    trainer = build_trainer(config, callbacks)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=last_path if resume else None)
+    return trainer
+
+
+def checkpoint_dir(config: dict[str, Any]) -> Path:
+    """``output_dir/checkpoints``."""
+    return Path(config["output_dir"]) / CHECKPOINT_DIR
+
+
+def build_trainer(config: dict[str, Any], callbacks: Sequence[Callback] = ()) -> lightning.Trainer:
+    """A Lightning ``Trainer`` from the ``trainer`` section: checkpoints, CSV and TensorBoard logs,
+    Rich progress bar, precision, accelerator, devices, nodes and strategy."""
+    settings = config["trainer"]
+    directory = checkpoint_dir(config)
+    best = ModelCheckpoint(
+        dirpath=directory,
+        filename=BEST_NAME,
+        monitor="val/dice",
+        mode="max",
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    last = ModelCheckpoint(
+        dirpath=directory,
+        filename=LAST_NAME,
+        save_top_k=1,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
+    logs_dir = Path(config["output_dir"]) / "logs"
+    loggers = [CSVLogger(logs_dir, name="csv"), TensorBoardLogger(logs_dir, name="tensorboard")]
+    max_time = settings["max_time_minutes"]
+    optional = {
+        key: settings[key]
+        for key in ("limit_train_batches", "limit_val_batches")
+        if settings[key] is not None
+    }
+    return lightning.Trainer(
+        accelerator=settings["accelerator"],
+        devices=settings["devices"],
+        num_nodes=settings["num_nodes"],
+        strategy=settings["strategy"],
+        precision=settings["precision"],
+        max_epochs=settings["max_epochs"],
+        max_time=None if max_time is None else {"minutes": max_time},
+        check_val_every_n_epoch=settings["val_every"],
+        log_every_n_steps=settings["log_every_n_steps"],
+        callbacks=[best, last, LearningRateMonitor(logging_interval="epoch"), RichProgressBar(), *callbacks],
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+        **optional,
+    )

@@ -1,0 +1,133 @@
+"""Run configs: defaults, overrides, validation errors, saving, and the shipped configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from h2aseg.training.config import SCHEMA, resolve_config, save_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _write(tmp_path: Path, content: dict, name: str = "run.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(content), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def minimal(tmp_path: Path) -> Path:
+    return _write(tmp_path, {"data": {"root": "data/x"}, "model": {"name": "unet3d", "features": [2] * 6}})
+
+
+def test_defaults_are_filled(minimal: Path) -> None:
+    config = resolve_config(minimal)
+    assert set(config) == set(SCHEMA)
+    assert config["optim"] == {"lr": 1.0e-4, "weight_decay": 1.0e-5, "lr_decay": 0.99}
+    assert config["loss"]["deep_supervision_weights"] == [5, 4, 3, 2, 1]
+    assert config["trainer"]["max_epochs"] == 200 and config["trainer"]["precision"] == "32-true"
+    assert config["classes"] == {0: "background", 1: "lesion"}
+    assert config["preprocess"]["patch_size"] == [128, 128, 64]
+    assert config["preprocess"]["binarize_label"] is True
+    assert Path(config["data"]["root"]).is_absolute() and Path(config["output_dir"]).is_absolute()
+
+
+def test_overrides_are_parsed_as_yaml(minimal: Path) -> None:
+    config = resolve_config(
+        minimal,
+        [
+            "trainer.max_epochs=5",
+            "optim.lr=3e-4",
+            "trainer.devices=[0, 1]",
+            "preprocess.patch_size=[32, 32, 16]",
+            "data.cache_dir=null",
+            "trainer.limit_train_batches=0.5",
+            "model.dropout=0.1",
+        ],
+    )
+    assert config["trainer"]["max_epochs"] == 5
+    assert config["optim"]["lr"] == pytest.approx(3e-4)
+    assert config["trainer"]["devices"] == [0, 1]
+    assert config["preprocess"]["patch_size"] == [32, 32, 16]
+    assert config["data"]["cache_dir"] is None
+    assert config["trainer"]["limit_train_batches"] == 0.5
+    assert config["model"] == {"name": "unet3d", "features": [2] * 6, "dropout": 0.1}
+
+
+def test_new_model_name_drops_the_file_model_arguments(minimal: Path) -> None:
+    config = resolve_config(minimal, ["model.name=vnet"])
+    assert config["model"] == {"name": "vnet"}
+    config = resolve_config(minimal, ["model.name=unet3d"])
+    assert config["model"]["features"] == [2] * 6
+
+
+def test_multiclass_target_turns_binarisation_off(minimal: Path) -> None:
+    config = resolve_config(minimal, ["data.target=multiclass", "classes={0: bg, 1: GTVp, 2: GTVn}"])
+    assert config["preprocess"]["binarize_label"] is False
+    assert config["classes"] == {0: "bg", 1: "GTVp", 2: "GTVn"}
+    config = resolve_config(minimal, ["data.target=multiclass", "classes.2=GTVn"])
+    assert config["classes"] == {0: "background", 1: "lesion", 2: "GTVn"}
+
+
+@pytest.mark.parametrize(
+    ("content", "overrides", "message"),
+    [
+        ({"trainer": {"max_epoch": 3}}, [], r"unknown key trainer\.max_epoch"),
+        ({"optimizer": {}}, [], "unknown key optimizer"),
+        ({}, ["trainer.batchsize=2"], r"unknown key trainer\.batchsize"),
+        ({"trainer": {"max_epochs": "many"}}, [], r"trainer\.max_epochs must be int"),
+        ({"trainer": {"max_epochs": True}}, [], r"trainer\.max_epochs must be int"),
+        ({"optim": {"lr": "fast"}}, [], r"optim\.lr must be float"),
+        ({"data": "here"}, [], "data must be a section"),
+        ({}, ["trainer.max_epochs"], "not of the form"),
+        ({}, ["data.target=ternary"], r"data\.target must be one of"),
+        ({}, ["model.name=no-such-net"], r"model\.name='no-such-net' is not one of"),
+        ({"preprocess": {"patch_sz": [1, 2, 3]}}, [], "unknown preprocess option"),
+        ({"preprocess": {"binarize_label": False}}, [], "contradicts data.target=binary"),
+        ({}, ["classes={0: bg, 1: a, 2: b}"], "binary needs exactly two classes"),
+        ({}, ["inference.overlap=1.5"], r"inference\.overlap must be in"),
+        ({}, ["loss.deep_supervision_weights=[1, -1]"], "deep_supervision_weights"),
+    ],
+)
+def test_bad_configs_raise_with_file_and_key(
+    tmp_path: Path, content: dict, overrides: list[str], message: str
+) -> None:
+    content = {"data": {"root": "x"}, "model": {"name": "unet3d"}, **content}
+    path = _write(tmp_path, content, name="bad_run.yaml")
+    with pytest.raises(ValueError, match=message) as error:
+        resolve_config(path, overrides)
+    assert "bad_run.yaml" in str(error.value)
+
+
+def test_unreadable_files_raise(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot read"):
+        resolve_config(tmp_path / "missing.yaml")
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="must be a mapping"):
+        resolve_config(path)
+    path.write_text("data: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        resolve_config(path)
+
+
+def test_saved_config_resolves_to_itself(minimal: Path, tmp_path: Path) -> None:
+    config = resolve_config(minimal, ["trainer.max_epochs=7"])
+    saved = save_config(config, tmp_path / "run" / "config.yaml")
+    assert resolve_config(saved) == config
+    assert [p.name for p in saved.parent.iterdir()] == ["config.yaml"]
+
+
+@pytest.mark.parametrize("name", ["phantom", "autopet", "hecktor"])
+def test_shipped_configs_resolve(name: str) -> None:
+    config = resolve_config(CONFIGS / f"{name}.yaml")
+    assert config["model"]["name"] == "h2aseg"
+    assert config["optim"]["weight_decay"] == pytest.approx(1e-5)
+    if name != "phantom":
+        assert config["optim"] == {"lr": 1.0e-4, "weight_decay": 1.0e-5, "lr_decay": 0.99}
+        assert config["trainer"]["max_epochs"] == 200 and config["trainer"]["batch_size"] == 2
+        assert config["preprocess"]["patch_size"] == [128, 128, 64]
+        assert config["preprocess"]["samples_per_volume"] == 2
