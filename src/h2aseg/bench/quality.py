@@ -1,0 +1,203 @@
+"""The paper's Table 1 and Table 2 on the synthetic cohort (``h2aseg bench --quality``).
+
+Every model is trained with the same data, split, augmentation, seed and wall-time budget
+(``configs/phantom.yaml``), then segments the same held-out cases and is scored with
+:func:`h2aseg.evaluation.evaluate.evaluate_folder`. Two reference rows show what the data asks
+for: the classical SUV ≥ 2.5 threshold, and H2ASeg trained on PET alone (CT channel zeroed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+PAPER_ROWS = ["unet3d", "vnet", "resunet3d", "unetr", "swin-unetr", "dynunet", "segresnet"]
+ABLATION_ROWS = ["h2aseg-baseline", "h2aseg-mcsa", "h2aseg-tamw", "h2aseg"]
+THRESHOLD_ROW = "SUV ≥ 2.5 threshold"
+PET_ONLY_ROW = "h2aseg-pet-only"
+METRICS = ("dice", "hd95", "precision", "recall")
+
+
+@dataclass
+class QualityPlan:
+    """What one run of the benchmark trains and how long."""
+
+    models: list[str]
+    seeds: list[int]
+    budget_minutes: float
+    n_cases: int
+    cohort_seed: int = 2024
+
+
+def default_plan(quick: bool) -> QualityPlan:
+    """Full plan (every model, three seeds) or the quick smoke plan (two models, one seed, seconds)."""
+    if quick:
+        return QualityPlan(models=["unet3d", "h2aseg"], seeds=[0], budget_minutes=0.15, n_cases=6)
+    return QualityPlan(
+        models=PAPER_ROWS + ABLATION_ROWS + [PET_ONLY_ROW], seeds=[0, 1, 2], budget_minutes=4.0, n_cases=40
+    )
+
+
+def threshold_predictions(cases: list, out_dir: Path, threshold_suv: float = 2.5) -> None:
+    """Write ``{case}_seg.nii.gz`` = PET ≥ ``threshold_suv`` on the PET grid for each case."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        pet = nib.load(case.pet)
+        mask = (np.asarray(pet.dataobj, dtype=np.float32) >= threshold_suv).astype(np.uint8)
+        nib.save(nib.Nifti1Image(mask, pet.affine), out_dir / f"{case.case_id}_seg.nii.gz")
+
+
+def _model_overrides(name: str, config_path: Path) -> list[str]:
+    """Overrides that give every H2ASeg row the phantom config's model arguments and UNETR its size."""
+    from h2aseg.training.config import load_yaml
+
+    config = load_yaml(config_path)
+    patch = config.get("preprocess", {}).get("patch_size", [64, 64, 32])
+    model_args = {k: v for k, v in config.get("model", {}).items() if k != "name"}
+    overrides = [f"model.name={name}"]
+    if name.startswith("h2aseg"):
+        overrides += [f"model.{key}={json.dumps(value)}" for key, value in model_args.items()]
+    if name == "unetr":
+        overrides.append(f"model.img_size={json.dumps(patch)}")
+    return overrides
+
+
+def _truth_folder(cases: list, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        target = out_dir / f"{case.case_id}_seg.nii.gz"
+        if not target.exists():
+            os.symlink(Path(case.label).resolve(), target)
+    return out_dir
+
+
+def run_quality_benchmark(
+    out_dir: Path, quick: bool = False, plan: QualityPlan | None = None, work_dir: Path | None = None
+) -> dict:
+    """Train, predict and evaluate every row of the plan; write the tables; return all summaries.
+
+    Args:
+        out_dir: results folder (``quality{_quick}.json`` and ``.md``).
+        quick: use the quick plan when ``plan`` is not given.
+        plan: models, seeds, budget and cohort size.
+        work_dir: where the cohort, the runs and the predictions go (default ``runs/bench_quality``).
+    """
+    from h2aseg.data.phantom import write_cohort
+    from h2aseg.data.splits import make_split
+    from h2aseg.demo import phantom_config_path
+    from h2aseg.evaluation.evaluate import evaluate_folder
+    from h2aseg.inference.predictor import Predictor
+    from h2aseg.training.train import train
+
+    plan = plan or default_plan(quick)
+    work_dir = Path(work_dir or Path("runs") / ("bench_quality_quick" if quick else "bench_quality"))
+    data_dir = work_dir / "data"
+    if not data_dir.exists():
+        write_cohort(data_dir, n_cases=plan.n_cases, seed=plan.cohort_seed, layout="autopet", preset="small")
+    from h2aseg.data.layouts import read_dataset
+
+    cases = read_dataset(data_dir, require_labels=True)
+    split = make_split(cases, seed=plan.cohort_seed)
+    split_file = work_dir / "split.json"
+    split.save(split_file)
+    test_cases = [case for case in cases if case.case_id in set(split.test)]
+    truth_dir = _truth_folder(test_cases, work_dir / "truth")
+
+    summaries: dict[str, list[dict]] = {}
+    threshold_dir = work_dir / "threshold" / "predictions"
+    threshold_predictions(test_cases, threshold_dir)
+    summaries[THRESHOLD_ROW] = [evaluate_folder(threshold_dir, truth_dir, threshold_dir.parent)]
+    config_path = phantom_config_path()
+    for name in plan.models:
+        for seed in plan.seeds:
+            run_dir = work_dir / name / f"seed{seed}"
+            overrides = [
+                *_model_overrides(name, config_path),
+                f"data.root={data_dir}",
+                f"data.split_file={split_file}",
+                f"output_dir={run_dir}",
+                f"seed={seed}",
+                f"trainer.max_time_minutes={plan.budget_minutes}",
+                "trainer.max_epochs=100000",
+            ]
+            logger.info("training %s (seed %d, %.1f min)", name, seed, plan.budget_minutes)
+            best = train(config_path, overrides)
+            predictor = Predictor.from_checkpoint(best, device="auto")
+            prediction_dir = run_dir / "predictions"
+            for case in test_cases:
+                predictor.predict_case(case.ct, case.pet, prediction_dir, case.case_id)
+            summaries.setdefault(name, []).append(
+                evaluate_folder(prediction_dir, truth_dir, run_dir / "evaluation")
+            )
+    write_tables(summaries, plan, Path(out_dir), quick, n_test=len(test_cases))
+    return summaries
+
+
+def _cell(runs: list[dict], metric: str) -> str:
+    """mean ± std over seeds of the per-seed means; percentages for Dice/precision/recall."""
+    scale = 1.0 if metric == "hd95" else 100.0
+    values = [
+        run[metric]["mean"] * scale
+        for run in runs
+        if run[metric]["mean"] is not None and np.isfinite(run[metric]["mean"])
+    ]
+    if not values:
+        return "n/a"
+    spread = statistics.stdev(values) if len(values) > 1 else runs[0][metric]["std"] * scale
+    return f"{statistics.mean(values):.2f} ± {spread:.2f}"
+
+
+def write_tables(
+    summaries: dict[str, list[dict]], plan: QualityPlan, out_dir: Path, quick: bool, n_test: int
+) -> Path:
+    """Markdown in the paper's format and the raw summaries as JSON."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = "quality_quick" if quick else "quality"
+    meta = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "command": " ".join(sys.argv),
+        "budget_minutes_per_run": plan.budget_minutes,
+        "seeds": plan.seeds,
+        "n_cases": plan.n_cases,
+        "n_test_cases": n_test,
+    }
+    (out_dir / f"{stem}.json").write_text(json.dumps({"meta": meta, "summaries": summaries}, indent=2))
+    header = "| Method | Dice (↑) | HD95 mm (↓) | Precision (↑) | Recall (↑) |\n|---|---|---|---|---|"
+    lines = [
+        f"# Paper tables on the synthetic cohort ({meta['date']})",
+        "",
+        f"Command: `{meta['command']}`. Machine: {meta['machine']}. Every model trained for "
+        f"{plan.budget_minutes} min of wall time per seed (seeds {plan.seeds}) on the same "
+        f"{plan.n_cases}-case phantom cohort (small preset, split 6:2:2 by patient), scored on the same {n_test} held-out cases. "
+        "Cells: mean ± std over seeds of the per-seed case means (one seed: std over cases); Dice and HD95 "
+        "over cases with lesions only, as the paper.",
+        "",
+        "## Table 1: methods",
+        "",
+        header,
+    ]
+    table1 = [THRESHOLD_ROW, *PAPER_ROWS, "h2aseg", PET_ONLY_ROW]
+    table2 = ABLATION_ROWS
+    for row in table1:
+        if row in summaries:
+            lines.append(f"| {row} | " + " | ".join(_cell(summaries[row], m) for m in METRICS) + " |")
+    lines += ["", "## Table 2: MCSA and TAMW", "", header.replace("Method", "Variant")]
+    for row in table2:
+        if row in summaries:
+            lines.append(f"| {row} | " + " | ".join(_cell(summaries[row], m) for m in METRICS) + " |")
+    markdown = out_dir / f"{stem}.md"
+    markdown.write_text("\n".join(lines) + "\n")
+    return markdown
