@@ -181,7 +181,8 @@ def write_tables(
         "",
         f"Command: `{meta['command']}`. Machine: {meta['machine']}. Every model trained for "
         f"{plan.budget_minutes} min of wall time per seed (seeds {plan.seeds}) on the same "
-        f"{plan.n_cases}-case phantom cohort (small preset, split 6:2:2 by patient), scored on the same {n_test} held-out cases. "
+        f"{plan.n_cases}-case phantom cohort (small preset, split 6:2:2 by patient), "
+        f"scored on the same {n_test} held-out cases. "
         "Cells: mean ± std over seeds of the per-seed case means (one seed: std over cases); Dice and HD95 "
         "over cases with lesions only, as the paper.",
         "",
