@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -163,3 +164,30 @@ def test_atomic_output_leaves_nothing_on_error(tmp_path: Path) -> None:
         temporary.write_text("half")
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("case", "n_voxels", "suv_max", "suv_mean"),
+    [("STS_001", 5095, 7.9107, 2.5551), ("STS_002", 555, 21.6757, 7.3696), ("STS_003", 817, 10.2653, 5.8163)],
+)
+def test_real_gtv_statistics_match_the_fixture_notes(
+    case: str, n_voxels: int, suv_max: float, suv_mean: float
+) -> None:
+    """Soft-tissue sarcoma PET with its GTV (``sts-petct/SOURCE.md`` lists these figures)."""
+    folder = (
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "sts-petct" / "sts_images" / case / "PET"
+    )
+    if not folder.is_dir():
+        pytest.skip(f"real PET/CT fixture {folder} is absent")
+    pet = nib.load(folder / "nifti" / "image" / "image.nii.gz")
+    mask = np.asarray(nib.load(folder / "nifti" / "mask" / "mask.nii.gz").dataobj) > 0
+
+    lesions = lesion_table(mask, pet.get_fdata(), pet.affine)
+
+    assert sum(lesion.n_voxels for lesion in lesions) == n_voxels
+    assert max(lesion.suv_max for lesion in lesions) == pytest.approx(suv_max, abs=1e-4)
+    assert lesions[0].suv_mean == pytest.approx(suv_mean, abs=1e-4)
+    assert lesions[0].suv_mean <= lesions[0].suv_peak <= lesions[0].suv_max
+    assert case_summary(lesions)["total_mtv_ml"] == pytest.approx(
+        n_voxels * np.prod(pet.header.get_zooms()) / 1000
+    )
