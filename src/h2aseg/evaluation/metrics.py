@@ -1,0 +1,241 @@
+"""Segmentation metrics of one case: Dice, HD95, precision, recall, autoPET FPV/FNV; aggregated Dice.
+
+Every function takes masks ``(X, Y, Z)`` (boolean, or numbers binarised as ``> 0``) on the same grid and,
+where distances or volumes enter, the voxel spacing ``spacing_mm`` ``(sx, sy, sz)`` in mm.
+
+Conventions for empty masks (P = prediction, G = ground truth):
+
+| metric | P, G both empty | P empty, G not | G empty, P not |
+| --- | --- | --- | --- |
+| ``dice`` | 1.0 | 0.0 | 0.0 |
+| ``hd95`` (mm) | 0.0 | NaN | NaN |
+| ``precision`` = TP / \\|P\\| | NaN | NaN | 0.0 |
+| ``recall`` = TP / \\|G\\| | NaN | 0.0 | NaN |
+| FPV, FNV (mL) | 0.0 | FNV = volume of G | FPV = volume of P |
+
+NaN means "undefined": summaries average only the cases where a metric is defined, and Dice and HD95
+only over cases with a lesion, as the paper does (so a missed lesion lowers Dice and recall but is not
+in the HD95 mean; the authors' code also returns NaN for HD95 when either mask is empty).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import cc3d
+import numpy as np
+import torch
+from monai.metrics.utils import get_edge_surface_distance
+
+__all__ = [
+    "AUTOPET_CONNECTIVITY",
+    "CaseMetrics",
+    "aggregated_dice",
+    "aggregated_dice_of_cases",
+    "compute_case_metrics",
+    "dice",
+    "false_negative_volume_ml",
+    "false_positive_volume_ml",
+    "hd95",
+    "precision",
+    "recall",
+    "voxel_volume_ml",
+]
+
+AUTOPET_CONNECTIVITY = 18
+"""Connectivity of the lesion components in the autoPET evaluation (faces and edges, not corners)."""
+
+
+@dataclass(frozen=True)
+class CaseMetrics:
+    """The metrics of one case (see the module docstring for NaN and empty-mask conventions).
+
+    Attributes:
+        dice: foreground Dice in [0, 1].
+        hd95_mm: 95th-percentile symmetric Hausdorff distance in mm.
+        precision: TP / |P| in [0, 1].
+        recall: TP / |G| in [0, 1].
+        fpv_ml: autoPET false-positive volume in mL.
+        fnv_ml: autoPET false-negative volume in mL.
+        intersection_voxels: |P ∩ G|.
+        pred_voxels: |P|.
+        truth_voxels: |G|.
+        voxel_volume_ml: volume of one voxel in mL.
+    """
+
+    dice: float
+    hd95_mm: float
+    precision: float
+    recall: float
+    fpv_ml: float
+    fnv_ml: float
+    intersection_voxels: int
+    pred_voxels: int
+    truth_voxels: int
+    voxel_volume_ml: float
+
+    @property
+    def has_lesion(self) -> bool:
+        """Whether the ground truth has any foreground voxel."""
+        return self.truth_voxels > 0
+
+    def as_dict(self) -> dict[str, float | int]:
+        """Plain dict of the fields, in declaration order."""
+        return asdict(self)
+
+
+def voxel_volume_ml(spacing_mm: Sequence[float]) -> float:
+    """Volume of one voxel in mL (1 mL = 1000 mm³) for spacing ``(sx, sy, sz)`` in mm."""
+    return float(np.prod(_check_spacing(spacing_mm))) / 1000.0
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Foreground Dice 2|P ∩ G| / (|P| + |G|); 1.0 when both masks are empty."""
+    pred_mask, truth_mask = _check_pair(pred, truth)
+    intersection = int(np.count_nonzero(pred_mask & truth_mask))
+    return _dice_from_counts(intersection, int(pred_mask.sum()) + int(truth_mask.sum()))
+
+
+def precision(pred: np.ndarray, truth: np.ndarray) -> float:
+    """TP / |P|; NaN when the prediction is empty."""
+    pred_mask, truth_mask = _check_pair(pred, truth)
+    return _ratio(np.count_nonzero(pred_mask & truth_mask), np.count_nonzero(pred_mask))
+
+
+def recall(pred: np.ndarray, truth: np.ndarray) -> float:
+    """TP / |G| (sensitivity); NaN when the ground truth is empty."""
+    pred_mask, truth_mask = _check_pair(pred, truth)
+    return _ratio(np.count_nonzero(pred_mask & truth_mask), np.count_nonzero(truth_mask))
+
+
+def hd95(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float]) -> float:
+    """95th-percentile symmetric Hausdorff distance between the mask surfaces, in mm.
+
+    Surface voxels are the mask minus its 6-connected erosion (voxels on the volume border count as
+    surface); for each surface voxel of one mask the Euclidean distance in mm to the nearest surface
+    voxel of the other is taken, the 95th percentile (linear interpolation) of each direction is
+    computed and the larger one returned. This is MONAI's ``compute_hausdorff_distance(percentile=95,
+    spacing=...)`` and medpy's ``hd95(voxelspacing=...)``, which the authors' code calls.
+
+    Returns:
+        The distance in mm; 0.0 when both masks are empty, NaN when exactly one is.
+    """
+    pred_mask, truth_mask = _check_pair(pred, truth)
+    spacing = _check_spacing(spacing_mm)
+    pred_any, truth_any = bool(pred_mask.any()), bool(truth_mask.any())
+    if not (pred_any or truth_any):
+        return 0.0
+    if pred_any != truth_any:
+        return math.nan
+    _, distances, _ = get_edge_surface_distance(
+        torch.from_numpy(pred_mask),
+        torch.from_numpy(truth_mask),
+        spacing=spacing.tolist(),
+        symmetric=True,
+    )
+    return float(max(np.percentile(d.numpy(), 95) for d in distances))
+
+
+def false_positive_volume_ml(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float]) -> float:
+    """autoPET false-positive volume: mL of the predicted 18-connected components that touch no true voxel."""
+    pred_mask, truth_mask = _check_pair(pred, truth)
+    return _untouched_component_voxels(pred_mask, truth_mask) * voxel_volume_ml(spacing_mm)
+
+
+def false_negative_volume_ml(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float]) -> float:
+    """autoPET false-negative volume: mL of the true 18-connected components that touch no predicted voxel."""
+    pred_mask, truth_mask = _check_pair(pred, truth)
+    return _untouched_component_voxels(truth_mask, pred_mask) * voxel_volume_ml(spacing_mm)
+
+
+def aggregated_dice(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
+    """HECKTOR's aggregated Dice 2 Σ|P ∩ G| / Σ(|P| + |G|) over ``(pred, truth)`` pairs of masks.
+
+    Pairs are consumed one at a time, so a generator that loads cases lazily keeps memory flat.
+    Returns 1.0 when every mask is empty.
+    """
+    intersection = total = 0
+    for pred, truth in pairs:
+        pred_mask, truth_mask = _check_pair(pred, truth)
+        intersection += int(np.count_nonzero(pred_mask & truth_mask))
+        total += int(pred_mask.sum()) + int(truth_mask.sum())
+    return _dice_from_counts(intersection, total)
+
+
+def aggregated_dice_of_cases(cases: Iterable[CaseMetrics]) -> float:
+    """:func:`aggregated_dice` from the voxel counts kept in :class:`CaseMetrics`."""
+    intersection = total = 0
+    for case in cases:
+        intersection += case.intersection_voxels
+        total += case.pred_voxels + case.truth_voxels
+    return _dice_from_counts(intersection, total)
+
+
+def compute_case_metrics(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float]) -> CaseMetrics:
+    """All metrics of one case.
+
+    Args:
+        pred: predicted mask ``(X, Y, Z)``.
+        truth: ground-truth mask ``(X, Y, Z)`` on the same grid.
+        spacing_mm: voxel spacing ``(sx, sy, sz)`` in mm.
+    """
+    pred_mask, truth_mask = _check_pair(pred, truth)
+    intersection = int(np.count_nonzero(pred_mask & truth_mask))
+    pred_voxels, truth_voxels = int(pred_mask.sum()), int(truth_mask.sum())
+    return CaseMetrics(
+        dice=_dice_from_counts(intersection, pred_voxels + truth_voxels),
+        hd95_mm=hd95(pred_mask, truth_mask, spacing_mm),
+        precision=_ratio(intersection, pred_voxels),
+        recall=_ratio(intersection, truth_voxels),
+        fpv_ml=false_positive_volume_ml(pred_mask, truth_mask, spacing_mm),
+        fnv_ml=false_negative_volume_ml(pred_mask, truth_mask, spacing_mm),
+        intersection_voxels=intersection,
+        pred_voxels=pred_voxels,
+        truth_voxels=truth_voxels,
+        voxel_volume_ml=voxel_volume_ml(spacing_mm),
+    )
+
+
+def _dice_from_counts(intersection: int, total: int) -> float:
+    return 1.0 if total == 0 else 2.0 * intersection / total
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    return math.nan if denominator == 0 else float(numerator) / float(denominator)
+
+
+def _untouched_component_voxels(mask: np.ndarray, other: np.ndarray) -> int:
+    """Voxels of the 18-connected components of ``mask`` that share no voxel with ``other``."""
+    labels, n_components = cc3d.connected_components(
+        mask, connectivity=AUTOPET_CONNECTIVITY, return_N=True, out_dtype=np.uint32
+    )
+    if n_components == 0:
+        return 0
+    touched = np.zeros(n_components + 1, dtype=bool)
+    touched[labels[other]] = True
+    sizes = np.bincount(labels.ravel(), minlength=n_components + 1)
+    return int(sizes[1:][~touched[1:]].sum())
+
+
+def _check_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Binarise both masks (``> 0``) and check they are 3-D arrays of one shape."""
+    pred_array, truth_array = np.asarray(pred), np.asarray(truth)
+    if pred_array.ndim != 3 or pred_array.shape != truth_array.shape:
+        raise ValueError(
+            f"masks must be 3-D arrays of one shape, got prediction {pred_array.shape} "
+            f"and ground truth {truth_array.shape}"
+        )
+    return _binary(pred_array), _binary(truth_array)
+
+
+def _binary(mask: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(mask if mask.dtype == bool else mask > 0)
+
+
+def _check_spacing(spacing_mm: Sequence[float]) -> np.ndarray:
+    spacing = np.asarray(spacing_mm, dtype=float)
+    if spacing.shape != (3,) or not np.isfinite(spacing).all() or (spacing <= 0).any():
+        raise ValueError(f"spacing_mm must be 3 positive finite numbers (mm), got {spacing_mm!r}")
+    return spacing
