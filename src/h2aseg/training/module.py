@@ -48,9 +48,9 @@ def patch_size_of(config: dict[str, Any]) -> tuple[int, int, int]:
     return tuple(int(size) for size in config["preprocess"]["patch_size"])  # type: ignore[return-value]
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A 32-bit seed that depends only on the run's seed and the epoch (used to reseed every epoch)."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """A 32-bit seed that depends only on the run's seed, the optimisation step and the process rank."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
 class SegmentationModule(lightning.LightningModule):
@@ -83,16 +83,25 @@ class SegmentationModule(lightning.LightningModule):
         """Logits ``(B, C, X, Y, Z)`` of ``image`` ``(B, 2, X, Y, Z)`` (channel 0 CT, channel 1 PET)."""
         return self.model(image)
 
-    def on_train_epoch_start(self) -> None:
-        """Reseed torch from (seed, epoch) so dropout draws do not depend on earlier epochs (exact resume)."""
-        torch.manual_seed(epoch_seed(self.config["seed"], self.current_epoch))
+    def on_train_batch_start(self, batch: Any, batch_index: int) -> None:
+        """Reseed torch from (seed, step): dropout draws then depend on the step alone, so a resumed run
+        repeats an uninterrupted one exactly (Lightning's checkpoints do not hold the RNG states)."""
+        torch.manual_seed(step_seed(self.config["seed"], self.global_step, self.global_rank))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
         """Loss of one batch of patches ``image (B, 2, x, y, z)``, ``label (B, 1, x, y, z)``."""
         image, label = self._image_and_label(batch)
         logits = self.model.forward_deep(image) if self.deep_supervision else self.model(image)
         loss = self.loss(logits, label)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=image.shape[0])
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=image.shape[0],
+            sync_dist=True,
+        )
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:
