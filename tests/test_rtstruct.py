@@ -136,6 +136,22 @@ def test_errors(tmp_path: Path) -> None:
         roi_names(not_rtstruct)
 
 
+def test_contour_planes_off_the_grid_are_sampled_not_summed(tmp_path: Path) -> None:
+    """Dense planes (every 1 mm on 2 mm slices) are sampled, never XOR-ed; sparse planes fill between."""
+    odd_planes = [square(-7.5, 6.5, z_mm) for z_mm in (1.0, 3.0)]
+    even_planes = [square(-5.5, -5.5 + size, z_mm) for size, z_mm in ((2, 0.0), (3, 2.0), (4, 4.0))]
+    dense = write_rtstruct(tmp_path / "dense.dcm", {"GTV": odd_planes + even_planes})
+    sums = sitk.GetArrayFromImage(rtstruct_to_mask(dense, "GTV", reference_grid())).sum(axis=(1, 2))
+    assert sums.tolist() == [4, 9, 16]
+    sparse = write_rtstruct(
+        tmp_path / "sparse.dcm", {"GTV": [square(-5.5, -3.5, 0.0), square(-5.5, -2.5, 4.0)]}
+    )
+    fine_grid = sitk.Image(16, 16, 6, sitk.sitkUInt8)  # 1 mm slices, z = 0 ... 5 mm
+    fine_grid.SetOrigin((-8, -8, 0))
+    sums = sitk.GetArrayFromImage(rtstruct_to_mask(sparse, "GTV", fine_grid)).sum(axis=(1, 2))
+    assert sums.tolist() == [4, 4, 4, 9, 9, 9]  # nearest plane, ties to the lower; reach 2 mm
+
+
 def test_contours_outside_the_grid_give_an_empty_mask(tmp_path: Path) -> None:
     path = write_rtstruct(tmp_path / "rs.dcm", {"Far": [square(-5.5, -1.5, 40.0)]})
     assert sitk.GetArrayFromImage(rtstruct_to_mask(path, "Far", reference_grid())).sum() == 0

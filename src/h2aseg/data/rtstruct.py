@@ -1,8 +1,9 @@
 """DICOM RTSTRUCT contours to a binary mask on a reference image grid.
 
 Each closed planar contour (patient LPS mm) is mapped to the continuous voxel index of the
-reference grid and filled on its slice; contours on one slice are combined by XOR, so a contour
-inside another cuts a hole (even-odd rule). A voxel is inside when its centre is inside.
+reference grid and filled in its plane; contours on one plane are combined by XOR, so a contour
+inside another cuts a hole (even-odd rule). A voxel is inside when its centre is inside. Each
+slice of the grid takes the nearest contour plane (nearest-neighbour sampling along the slice axis).
 """
 
 from __future__ import annotations
@@ -87,23 +88,47 @@ def physical_to_continuous_index(points_mm: np.ndarray, reference: sitk.Image) -
     return np.linalg.solve(direction * spacing, (points_mm - origin).T).T
 
 
-def _fill_polygon(polygon: np.ndarray, shape_yx: tuple[int, int]) -> tuple[slice, slice, np.ndarray]:
-    """Voxel centres inside a polygon ``(N, 2)`` of (x, y) indices, on its bounding box only.
+def _fill_polygon(polygon: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:
+    """Voxel centres inside a polygon ``(N, 2)`` of (x, y) indices, as a ``shape_yx`` boolean slice.
 
-    Hand-written around matplotlib's point-in-polygon test because no library we use fills a
-    polygon given in continuous voxel coordinates.
+    Hand-written around matplotlib's point-in-polygon test (on the polygon's bounding box only)
+    because none of our libraries fills a polygon given in continuous voxel coordinates.
     """
+    inside = np.zeros(shape_yx, dtype=bool)
     low = np.maximum(np.ceil(polygon.min(axis=0)).astype(int), 0)
     high = np.minimum(np.floor(polygon.max(axis=0)).astype(int) + 1, (shape_yx[1], shape_yx[0]))
-    rows, cols = slice(low[1], max(high[1], low[1])), slice(low[0], max(high[0], low[0]))
-    y_index, x_index = np.mgrid[rows, cols]
+    if np.any(high <= low):
+        return inside
+    y_index, x_index = np.mgrid[low[1] : high[1], low[0] : high[0]]
     centres = np.column_stack([x_index.ravel(), y_index.ravel()])
-    inside = PolygonPath(polygon).contains_points(centres) if len(centres) else np.zeros(0, bool)
-    return rows, cols, inside.reshape(y_index.shape)
+    inside[low[1] : high[1], low[0] : high[0]] = (
+        PolygonPath(polygon).contains_points(centres).reshape(y_index.shape)
+    )
+    return inside
+
+
+def _contour_planes(
+    contours_mm: list[np.ndarray], reference: sitk.Image, roi: str, rtstruct_path: Path
+) -> dict[float, list[np.ndarray]]:
+    """Contours grouped by plane: continuous slice index of the plane -> (x, y) index polygons."""
+    planes: dict[float, list[np.ndarray]] = {}
+    for points_mm in contours_mm:
+        index = physical_to_continuous_index(points_mm, reference)
+        if np.ptp(index[:, 2]) > OFF_SLICE_TOLERANCE:
+            raise RtStructError(
+                f"{rtstruct_path}: a contour of {roi!r} spans {np.ptp(index[:, 2]):.2f} slices of the "
+                "reference grid; resample the image so that its slices are parallel to the contours"
+            )
+        planes.setdefault(round(float(index[:, 2].mean()), 3), []).append(index[:, :2])
+    return planes
 
 
 def rtstruct_to_mask(rtstruct_path: Path, roi: str, reference: sitk.Image) -> sitk.Image:
     """Rasterise one RTSTRUCT ROI onto the grid of ``reference``.
+
+    Contours on one plane are combined by XOR. Each slice of the grid takes the nearest contour
+    plane within half the plane spacing (at least half a slice), so contours drawn on another
+    grid's slices (CT contours on a PET grid) are sampled, never summed or cancelled.
 
     Args:
         rtstruct_path: the RTSTRUCT file.
@@ -124,22 +149,21 @@ def rtstruct_to_mask(rtstruct_path: Path, roi: str, reference: sitk.Image) -> si
     _check_frame_of_reference(roi_item, reference, rtstruct_path)
     size_x, size_y, size_z = reference.GetSize()
     mask_zyx = np.zeros((size_z, size_y, size_x), dtype=bool)
-    outside = 0
-    for points_mm in _closed_contours(ds, int(roi_item.ROINumber), rtstruct_path):
-        index = physical_to_continuous_index(points_mm, reference)
-        if np.ptp(index[:, 2]) > OFF_SLICE_TOLERANCE:
-            raise RtStructError(
-                f"{rtstruct_path}: a contour of {roi!r} spans {np.ptp(index[:, 2]):.2f} slices of the "
-                "reference grid; resample the image so that its slices are parallel to the contours"
-            )
-        slice_index = int(np.round(index[:, 2].mean()))
-        if not 0 <= slice_index < size_z:
-            outside += 1
-            continue
-        rows, cols, inside = _fill_polygon(index[:, :2], (size_y, size_x))
-        mask_zyx[slice_index, rows, cols] ^= inside
-    if outside:
-        logger.warning("%s: %d contours of %r lie outside the reference grid", rtstruct_path, outside, roi)
+    planes = _contour_planes(
+        _closed_contours(ds, int(roi_item.ROINumber), rtstruct_path), reference, roi, rtstruct_path
+    )
+    if planes:
+        plane_z = np.array(sorted(planes))
+        reach = 0.5 * max(1.0, float(np.median(np.diff(plane_z)))) if len(plane_z) > 1 else 0.5
+        distance = np.abs(np.arange(size_z)[:, None] - plane_z[None, :])
+        nearest = distance.argmin(axis=1)
+        filled: dict[int, np.ndarray] = {}
+        for slice_index in np.flatnonzero(distance.min(axis=1) <= reach):
+            plane = int(nearest[slice_index])
+            if plane not in filled:
+                polygons = planes[float(plane_z[plane])]
+                filled[plane] = np.logical_xor.reduce([_fill_polygon(p, (size_y, size_x)) for p in polygons])
+            mask_zyx[slice_index] = filled[plane]
     if not mask_zyx.any():
         logger.warning("%s: ROI %r gives an empty mask on this grid", rtstruct_path, roi)
     mask = sitk.GetImageFromArray(mask_zyx.astype(np.uint8))
