@@ -109,6 +109,10 @@ def read_pet_suv(series_dir: Path, series_uid: str | None = None) -> sitk.Image:
     Returns:
         float32 SUV image (g/mL) in LPS patient geometry; metadata ``0020|0052`` holds the
         FrameOfReferenceUID.
+
+    Raises:
+        DicomSuvError: the series cannot be converted to SUV (see :func:`h2aseg.data.suv.suv_calibration`).
+        ValueError: no PET series, several, or slices sharing a position.
     """
     series_dir = Path(series_dir)
     files = _sorted_slices(_series_files(series_dir, "PT", PET_IMAGE_STORAGE, series_uid), series_dir)
@@ -130,6 +134,9 @@ def read_ct_hu(series_dir: Path, series_uid: str | None = None) -> sitk.Image:
 
     Returns:
         float32 HU image in LPS patient geometry; metadata ``0020|0052`` holds the FrameOfReferenceUID.
+
+    Raises:
+        ValueError: no CT series, several, or slices sharing a position.
     """
     series_dir = Path(series_dir)
     files = _sorted_slices(_series_files(series_dir, "CT", CT_IMAGE_STORAGE, series_uid), series_dir)
@@ -185,6 +192,10 @@ def convert_dicom(
 
     Returns:
         ``{"pet_suv": path, "ct": path, "mask": path}``, with only the files written.
+
+    Raises:
+        ValueError: from the readers and :func:`h2aseg.data.rtstruct.rtstruct_to_mask`
+            (DicomSuvError and RtStructError are ValueErrors), or neither folder given.
     """
     if ct_dir is None and pet_dir is None:
         raise ValueError("convert_dicom: give a CT folder, a PET folder, or both")

@@ -126,6 +126,7 @@ def _positive(ds: Dataset, keyword: str, source: str) -> float:
 
 
 def _check_pet_image(ds: Dataset, source: str) -> None:
+    """Refuse screenshots, other modalities and MIPs; a header without SOP class is judged on its tags."""
     file_meta = getattr(ds, "file_meta", None)
     sop_class = text_value(ds, "SOPClassUID") or (
         text_value(file_meta, "MediaStorageSOPClassUID") if file_meta else ""
