@@ -174,6 +174,25 @@ def test_convert_dicom_single_modality_and_failure_leaves_nothing(tmp_path: Path
         convert_dicom(None, None, tmp_path / "nothing")
 
 
+def test_convert_dicom_write_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pet_dir, ct_dir = write_pet_series(tmp_path / "pet"), write_ct_series(tmp_path / "ct")
+    real_write = sitk.WriteImage
+
+    def write_then_fail(image: sitk.Image, path: str, *args: object, **kwargs: object) -> None:
+        if path.endswith("ct.nii.gz"):
+            raise OSError("disk full")
+        real_write(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(sitk, "WriteImage", write_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        convert_dicom(ct_dir, pet_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "existing").mkdir()
+    with pytest.raises(OSError, match="disk full"):
+        convert_dicom(ct_dir, pet_dir, tmp_path / "existing")
+    assert list((tmp_path / "existing").iterdir()) == []
+
+
 @pytest.fixture(scope="module")
 def raw_sts_pet() -> sitk.Image:
     folder = SHARED / "sts-petct" / "sts_images_raw" / "STS_001" / "FDG_PET"
