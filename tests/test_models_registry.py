@@ -14,8 +14,6 @@ HAS_EINOPS = optional_import("einops")[1]
 NEEDS_EINOPS = {"unetr", "swin-unetr"}
 SIZE = (32, 32, 32)
 ODD_SIZE = (9, 17, 7)
-# VNet has fixed widths (slow on CPU) and batch norm (needs > 1 value per channel at 1/16).
-SIZE_PER_MODEL = {"vnet": (32, 16, 16)}
 
 # Widths small enough for a CPU test; VNet has fixed widths.
 SMALL = {
@@ -47,13 +45,12 @@ def test_forward_backward_shape_and_attributes(name: str) -> None:
     model = build_small(name)
     assert isinstance(model.out_channels, int)
     assert model.output_activation in {"softmax", "sigmoid"}
-    size = SIZE_PER_MODEL.get(name, SIZE)
-    x = torch.randn(1, 2, *size, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(1, 2, *SIZE, generator=torch.Generator().manual_seed(1))
 
     model.train()
     outputs = model.forward_deep(x) if hasattr(model, "forward_deep") else [model(x)]
     for output in outputs:
-        assert output.shape == (1, model.out_channels, *size)
+        assert output.shape == (1, model.out_channels, *SIZE)
     sum(output.float().square().mean() for output in outputs).backward()
 
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
