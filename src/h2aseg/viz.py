@@ -18,10 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import cc3d
+import nibabel as nib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from nibabel import processing as nib_processing
 
 PREDICTION_COLOUR = "#e8112d"
 TRUTH_COLOUR = "#1f9e3a"
@@ -87,6 +89,49 @@ def save_case_figure(
     if title:
         figure.suptitle(title)
     _save_atomic(figure, Path(out_png))
+
+
+def save_nifti_case_figure(
+    pet_image: nib.Nifti1Image,
+    mask: np.ndarray,
+    ct_image: nib.Nifti1Image,
+    out_png: Path,
+    title: str | None = None,
+    truth: np.ndarray | None = None,
+) -> None:
+    """:func:`save_case_figure` for images as stored: any orientation, CT on its own grid.
+
+    Reorients the PET grid to RAS and resamples the CT onto it (trilinear, edge values
+    extended beyond the CT's last voxel centres).
+
+    Args:
+        pet_image: the PET NIfTI in SUV (its grid is the picture's grid).
+        mask: predicted mask in the PET file's voxel order, ``pet_image.shape``.
+        ct_image: the CT NIfTI in HU, on any grid overlapping the PET.
+        out_png, title: as in :func:`save_case_figure`.
+        truth: optional ground-truth mask in the PET file's voxel order.
+    """
+    pet_suv = np.asarray(pet_image.dataobj, dtype=np.float32)
+    ct_on_pet = nib_processing.resample_from_to(
+        ct_image, (pet_suv.shape, pet_image.affine), order=1, mode="nearest"
+    )
+    orientation = nib.orientations.io_orientation(pet_image.affine)
+    spacing_ras = np.empty(3)
+    spacing_ras[orientation[:, 0].astype(int)] = np.linalg.norm(pet_image.affine[:3, :3], axis=0)
+
+    def to_ras(array: np.ndarray) -> np.ndarray:
+        return nib.orientations.apply_orientation(np.asarray(array), orientation)
+
+    ct_hu = ct_on_pet.get_fdata(dtype=np.float32)
+    save_case_figure(
+        to_ras(pet_suv),
+        to_ras(mask),
+        to_ras(ct_hu),
+        spacing_ras,
+        out_png,
+        title=title,
+        truth=None if truth is None else to_ras(truth),
+    )
 
 
 def save_training_curves(metrics_csv: Path, out_png: Path) -> None:
