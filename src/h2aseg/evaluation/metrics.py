@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import cc3d
 import numpy as np
 import torch
-from monai.metrics.utils import get_edge_surface_distance
+from monai.metrics.utils import get_mask_edges, get_surface_distance
 
 __all__ = [
     "AUTOPET_CONNECTIVITY",
@@ -129,13 +129,12 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float]) -> fl
         return 0.0
     if pred_any != truth_any:
         return math.nan
-    _, distances, _ = get_edge_surface_distance(
-        torch.from_numpy(pred_mask),
-        torch.from_numpy(truth_mask),
-        spacing=spacing.tolist(),
-        symmetric=True,
+    pred_edges, truth_edges = get_mask_edges(torch.from_numpy(pred_mask), torch.from_numpy(truth_mask))
+    directed = (
+        get_surface_distance(pred_edges, truth_edges, spacing=spacing.tolist()),
+        get_surface_distance(truth_edges, pred_edges, spacing=spacing.tolist()),
     )
-    return float(max(np.percentile(d.numpy(), 95) for d in distances))
+    return float(max(np.percentile(np.asarray(d, dtype=np.float64), 95) for d in directed))
 
 
 def false_positive_volume_ml(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float]) -> float:
