@@ -1,0 +1,255 @@
+"""H2ASeg: hierarchical adaptive interaction and weighting network for PET/CT segmentation.
+
+Assembles the blocks of :mod:`h2aseg.models.blocks`, :mod:`h2aseg.models.attention` and
+:mod:`h2aseg.models.tamw` into the network of the authors' code and registers the four
+rows of the paper's ablation (Table 2). ``docs/model.md`` lists every difference between
+the paper's text and the official code and which argument selects which.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from h2aseg.models._checks import validate_input
+from h2aseg.models.attention import BDSA, MCSA, AttentionImpl, BDSAFusion
+from h2aseg.models.blocks import FirstResBlock, PreActResBlock, SegmentationHead
+from h2aseg.models.registry import register_model
+from h2aseg.models.tamw import TAMW
+
+OutputActivation = Literal["softmax", "sigmoid"]
+N_LEVELS = 5
+
+
+def _upsample(x: Tensor, size: Sequence[int]) -> Tensor:
+    """Trilinear up-sampling with ``align_corners=True``, as everywhere in the official code."""
+    return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=True)
+
+
+class H2ASeg(nn.Module):
+    """H2ASeg (Lu et al., "H2ASeg: Hierarchical Adaptive Interaction and Weighting Network
+    for Tumor Segmentation in PET/CT Images", MICCAI 2024), exactly as the authors' code.
+
+    Two ResUNet-3D encoders (CT, PET) with MCSA after levels 2 and 3 and a global BDSA with
+    residual after levels 4 and 5; a decoder whose four levels weight the skip features
+    with TAMW, then a residual block and a deep-supervision head.
+
+    Input ``(B, 2, X, Y, Z)``, channel 0 CT, channel 1 PET. Sizes that are not multiples of
+    :attr:`size_multiple` are padded inside (edge replication, split evenly between both
+    ends of each axis) and cropped back.
+
+    Args:
+        out_channels: logit channels; ``None`` means 2 for softmax, 1 for sigmoid.
+        channels: features per modality at each of the five levels.
+        window: MCSA window ``(wx, wy, wz)`` in voxels of the level-2/3 feature maps.
+        dropout: ``Dropout3d`` probability in encoder and decoder blocks.
+        use_mcsa: keep the cross-modal attention (MCSA at levels 2–3 and the global BDSA
+            at levels 4–5); without it the two encoders never interact.
+        use_tamw: keep TAMW; without it the decoder concatenates ``(ct, pet, f)``.
+        bdsa_fusion: ``"mean"`` (official code) or ``"concat"`` (paper text).
+        output_activation: ``"softmax"`` (official code, two classes, CE + Dice) or
+            ``"sigmoid"`` (paper text, one channel, BCE + Dice).
+        attention_dropout: dropout on attention weights and outputs; ``None`` = ``dropout``.
+        attention_impl: ``"sdpa"`` (fused kernels) or ``"naive"`` (explicit softmax).
+
+    Example:
+        >>> model = H2ASeg(channels=(2, 4, 8, 16, 32)).eval()
+        >>> model(torch.randn(1, 2, 32, 32, 16)).shape
+        torch.Size([1, 2, 32, 32, 16])
+    """
+
+    def __init__(
+        self,
+        out_channels: int | None = None,
+        channels: Sequence[int] = (8, 16, 32, 64, 128),
+        window_size: tuple[int, int, int] = (8, 8, 4),
+        dropout: float = 0.5,
+        use_mcsa: bool = True,
+        use_tamw: bool = True,
+        bdsa_fusion: BDSAFusion = "mean",
+        output_activation: OutputActivation = "softmax",
+        attention_dropout: float | None = None,
+        attention_impl: AttentionImpl = "sdpa",
+    ) -> None:
+        super().__init__()
+        channels = tuple(int(c) for c in channels)
+        window_size = tuple(int(w) for w in window_size)
+        out_channels = _check_arguments(out_channels, channels, window_size, output_activation)
+        self.out_channels = out_channels
+        self.output_activation = output_activation
+        self.channels = channels
+        self.window_size = window_size
+        self.use_mcsa = use_mcsa
+        self.use_tamw = use_tamw
+        self.size_multiple = _size_multiple(window_size, use_mcsa)
+        attention_dropout = dropout if attention_dropout is None else attention_dropout
+
+        self.ct_encoder = _encoder(channels, dropout)
+        self.pet_encoder = _encoder(channels, dropout)
+        self.interaction = nn.ModuleList()
+        if use_mcsa:
+            self.interaction.extend(
+                MCSA(c, window_size, attention_dropout, 4, bdsa_fusion, attention_impl) for c in channels[1:3]
+            )
+            self.interaction.extend(
+                BDSA(c, 1, None, attention_dropout, True, bdsa_fusion, attention_impl) for c in channels[3:]
+            )
+        self.tamw = nn.ModuleList(
+            TAMW(channels[k], 2 * channels[k + 1], output_activation) for k in range(N_LEVELS - 1) if use_tamw
+        )
+        self.decoder = nn.ModuleList(
+            PreActResBlock(2 * channels[k] + 2 * channels[k + 1], 2 * channels[k], 1, dropout)
+            for k in range(N_LEVELS - 1)
+        )
+        self.heads = nn.ModuleList(SegmentationHead(2 * c, out_channels) for c in channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Finest logits ``(B, out_channels, X, Y, Z)`` of ``x`` ``(B, 2, X, Y, Z)``."""
+        padded, crop = self._pad(x)
+        return self._decode(self._encode(padded), all_heads=False)[0][crop]
+
+    def forward_deep(self, x: Tensor) -> list[Tensor]:
+        """The five deep-supervision logits, finest first, each ``(B, out_channels, X, Y, Z)``.
+
+        Coarse logits are up-sampled trilinearly (``align_corners=True``) to the padded
+        input size, as the official code does to the input size, then cropped.
+        """
+        padded, crop = self._pad(x)
+        logits = self._decode(self._encode(padded), all_heads=True)
+        return [_upsample(level, padded.shape[2:])[crop] for level in logits]
+
+    def encode(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Encoder features after the interaction modules, levels 1–5 as ``(ct, pet)`` pairs.
+
+        Features are on the padded grid, which is the input grid when every size is a
+        multiple of :attr:`size_multiple`; level ``k`` is ``(B, channels[k-1], X/2^(k-1), ...)``.
+        """
+        padded, _ = self._pad(x)
+        return [
+            (both[:, :c], both[:, c:]) for both, c in zip(self._encode(padded), self.channels, strict=True)
+        ]
+
+    def _pad(self, x: Tensor) -> tuple[Tensor, tuple[slice, ...]]:
+        """Check ``x`` and pad it to a multiple of :attr:`size_multiple`; return the crop back."""
+        validate_input(x, model_name="H2ASeg")
+        sizes = x.shape[2:]
+        extra = [-size % multiple for size, multiple in zip(sizes, self.size_multiple, strict=True)]
+        crop = (
+            slice(None),
+            slice(None),
+            *(slice(e // 2, e // 2 + s) for e, s in zip(extra, sizes, strict=True)),
+        )
+        if not any(extra):
+            return x, crop
+        pad = [p for e in reversed(extra) for p in (e // 2, e - e // 2)]
+        return F.pad(x, pad, mode="replicate"), crop
+
+    def _encode(self, x: Tensor) -> list[Tensor]:
+        """Stacked ``(B, 2 * channels[k], ...)`` CT/PET features of levels 1–5 (CT first)."""
+        ct, pet = x[:, :1], x[:, 1:]
+        features = []
+        for level in range(N_LEVELS):
+            ct, pet = self.ct_encoder[level](ct), self.pet_encoder[level](pet)
+            both = torch.cat((ct, pet), dim=1)
+            if self.use_mcsa and level > 0:
+                both = self.interaction[level - 1](both)
+                ct, pet = both[:, : self.channels[level]], both[:, self.channels[level] :]
+            features.append(both)
+        return features
+
+    def _decode(self, features: list[Tensor], all_heads: bool) -> list[Tensor]:
+        """Logits of the heads at their own resolution, finest first.
+
+        Coarse heads feed TAMW; without TAMW and with ``all_heads=False`` only the finest
+        head runs. Entries that were not computed are absent, so the list has one element.
+        """
+        f = features[-1]
+        need_coarse = all_heads or self.use_tamw
+        logits = [self.heads[-1](f)] if need_coarse else []
+        for k in reversed(range(N_LEVELS - 1)):
+            skip = features[k]
+            f = _upsample(f, skip.shape[2:])
+            c = self.channels[k]
+            if self.use_tamw:
+                f = self.tamw[k](skip[:, :c], skip[:, c:], f, logits[-1])
+            else:
+                f = torch.cat((skip, f), dim=1)
+            f = self.decoder[k](f)
+            if need_coarse or k == 0:
+                logits.append(self.heads[k](f))
+        return logits[::-1]
+
+
+def _check_arguments(
+    out_channels: int | None,
+    channels: tuple[int, ...],
+    window: tuple[int, ...],
+    output_activation: str,
+) -> int:
+    """Validate constructor arguments; return the resolved ``out_channels``."""
+    if output_activation not in ("softmax", "sigmoid"):
+        raise ValueError(f"output_activation must be 'softmax' or 'sigmoid', got {output_activation!r}")
+    if out_channels is None:
+        out_channels = 1 if output_activation == "sigmoid" else 2
+    if output_activation == "sigmoid" and out_channels != 1:
+        raise ValueError(f"output_activation='sigmoid' needs out_channels=1, got {out_channels}")
+    if output_activation == "softmax" and out_channels < 2:
+        raise ValueError(f"output_activation='softmax' needs out_channels >= 2, got {out_channels}")
+    if len(channels) != N_LEVELS or min(channels) < 1:
+        raise ValueError(f"channels must be {N_LEVELS} positive integers, got {channels}")
+    if len(window) != 3 or min(window) < 1:
+        raise ValueError(f"window_size must be 3 positive integers, got {window}")
+    return out_channels
+
+
+def _size_multiple(window: tuple[int, int, int], use_mcsa: bool) -> tuple[int, int, int]:
+    """Per-axis size the input must divide: four stride-2 levels and, with MCSA, the windows
+    and the window merge at levels 2 (1/2) and 3 (1/4)."""
+    if not use_mcsa:
+        return (16, 16, 16)
+    merge = min(window)
+    return tuple(math.lcm(16, 4 * w, 4 * merge) for w in window)
+
+
+def _encoder(channels: tuple[int, ...], dropout: float) -> nn.ModuleList:
+    """One modality's ResUNet encoder: a first block, then four stride-2 blocks."""
+    blocks = [FirstResBlock(1, channels[0], dropout)]
+    blocks += [PreActResBlock(channels[k - 1], channels[k], 2, dropout) for k in range(1, N_LEVELS)]
+    return nn.ModuleList(blocks)
+
+
+def _variant(kwargs: dict[str, object], **fixed: object) -> H2ASeg:
+    """Build H2ASeg with the arguments that define a variant, refusing contradicting ones."""
+    for name, value in fixed.items():
+        if name in kwargs and kwargs[name] != value:
+            raise ValueError(f"this H2ASeg variant sets {name}={value}, got {name}={kwargs[name]}")
+    return H2ASeg(**{**kwargs, **fixed})
+
+
+@register_model("h2aseg")
+def h2aseg(**kwargs: object) -> H2ASeg:
+    """The full network: MCSA and TAMW (Table 2, last row)."""
+    return _variant(kwargs)
+
+
+@register_model("h2aseg-baseline")
+def h2aseg_baseline(**kwargs: object) -> H2ASeg:
+    """Dual-branch ResUNet with deep supervision, no MCSA, no TAMW (Table 2, first row)."""
+    return _variant(kwargs, use_mcsa=False, use_tamw=False)
+
+
+@register_model("h2aseg-mcsa")
+def h2aseg_mcsa(**kwargs: object) -> H2ASeg:
+    """Baseline + MCSA (Table 2, second row)."""
+    return _variant(kwargs, use_tamw=False)
+
+
+@register_model("h2aseg-tamw")
+def h2aseg_tamw(**kwargs: object) -> H2ASeg:
+    """Baseline + TAMW (Table 2, third row)."""
+    return _variant(kwargs, use_mcsa=False)

@@ -1,0 +1,114 @@
+"""Target-aware multi-modal weighting (TAMW) of the H2ASeg decoder.
+
+The official module masks the encoder features with the up-sampled coarse prediction,
+weights each channel of the foreground triple ``(ct·p_fg, pet·p_fg, f)`` and of the
+background triple ``(ct·p_bg, pet·p_bg, f)`` with a small MLP on their global means, and
+returns ``cat(ct, pet, f) + cat(fore) − cat(back)``.
+
+Because every weight is per channel, that sum factorises:
+``enc · (1 + w_fg·p_fg − w_bg·p_bg)`` for the encoder channels and
+``f · (1 + w_fg − w_bg)`` for the decoder channels. Here the masked maps are never
+built: their means come from one batched matrix product, and the output is written once.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ChannelWeighting(nn.Module):
+    """``Linear(n → n/4) → tanh → Linear(n/4 → n) → tanh`` on per-channel means.
+
+    Args:
+        channels: number of pooled channels ``n``.
+        reduction: hidden size is ``n // reduction``.
+    """
+
+    def __init__(self, channels: int, reduction: int = 4) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(channels, channels // reduction)
+        self.fc2 = nn.Linear(channels // reduction, channels)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        """``(B, n)`` channel means → ``(B, n)`` weights in ``(-1, 1)``."""
+        return torch.tanh(self.fc2(torch.tanh(self.fc1(pooled))))
+
+
+class TAMW(nn.Module):
+    """Target-aware multi-modal weighting (H2ASeg, Lu et al., MICCAI 2024).
+
+    The official code pools with a fixed ``AvgPool3d(patch_size / 2^k)``, which only runs
+    at the training size; the global mean used here is the same number there and works
+    at every size.
+
+    Args:
+        encoder_channels: channels ``C`` of one modality's encoder feature.
+        decoder_channels: channels ``F`` of the up-sampled decoder feature.
+        output_activation: how the coarse logits become probabilities: ``"softmax"``
+            (foreground = all classes but 0, background = class 0) or ``"sigmoid"`` (one
+            channel; foreground = σ(p), background = 1 − σ(p)).
+
+    Example:
+        >>> tamw = TAMW(8, 32)
+        >>> ct, pet = torch.randn(1, 8, 16, 16, 8), torch.randn(1, 8, 16, 16, 8)
+        >>> tamw(ct, pet, torch.randn(1, 32, 16, 16, 8), torch.randn(1, 2, 8, 8, 4)).shape
+        torch.Size([1, 48, 16, 16, 8])
+    """
+
+    def __init__(
+        self,
+        encoder_channels: int,
+        decoder_channels: int,
+        output_activation: Literal["softmax", "sigmoid"] = "softmax",
+    ) -> None:
+        super().__init__()
+        self.encoder_channels = encoder_channels
+        self.output_activation = output_activation
+        pooled = 2 * encoder_channels + decoder_channels
+        self.fore = ChannelWeighting(pooled)
+        self.back = ChannelWeighting(pooled)
+
+    def _probabilities(self, logits: Tensor, size: torch.Size) -> Tensor:
+        """Coarse logits → ``(B, 2, N)`` background and foreground probability at ``size``."""
+        logits = F.interpolate(logits, size=size, mode="trilinear", align_corners=True)
+        if self.output_activation == "sigmoid":
+            foreground = torch.sigmoid(logits)
+            return torch.cat((1.0 - foreground, foreground), dim=1).flatten(2)
+        probs = torch.softmax(logits, dim=1)
+        if probs.shape[1] > 2:
+            probs = torch.cat((probs[:, :1], probs[:, 1:].sum(1, keepdim=True)), dim=1)
+        return probs.flatten(2)
+
+    def forward(self, ct: Tensor, pet: Tensor, f: Tensor, coarse_logits: Tensor) -> Tensor:
+        """Weight the skip features by the coarser prediction and concatenate.
+
+        Args:
+            ct: CT encoder feature ``(B, C, X, Y, Z)``.
+            pet: PET encoder feature ``(B, C, X, Y, Z)``.
+            f: up-sampled decoder feature ``(B, F, X, Y, Z)``.
+            coarse_logits: logits of the coarser head ``(B, K, X/2, Y/2, Z/2)``.
+
+        Returns:
+            ``(B, 2C + F, X, Y, Z)``: ``cat(ct, pet, f) + cat(fore) − cat(back)``.
+        """
+        b, c = ct.shape[:2]
+        probs = self._probabilities(coarse_logits, ct.shape[2:])  # (B, 2, N): background, foreground
+        n_voxels = probs.shape[-1]
+        # Means of enc·p_bg and enc·p_fg per channel, without building the masked maps.
+        masked_means = [torch.bmm(x.flatten(2), probs.transpose(1, 2)) / n_voxels for x in (ct, pet)]
+        masked_means = torch.cat(masked_means, dim=1)  # (B, 2C, 2)
+        f_means = f.mean(dim=(2, 3, 4))
+        w_fore = self.fore(torch.cat((masked_means[..., 1], f_means), dim=1))
+        w_back = self.back(torch.cat((masked_means[..., 0], f_means), dim=1))
+        # enc · (1 − w_bg·p_bg + w_fg·p_fg): a rank-2 product per batch element.
+        coefficients = torch.stack((-w_back[:, : 2 * c], w_fore[:, : 2 * c]), dim=2)
+        factor = torch.baddbmm(
+            torch.ones(1, 1, 1, dtype=probs.dtype, device=probs.device), coefficients, probs
+        )
+        factor = factor.view(b, 2 * c, *ct.shape[2:])
+        f_scale = (1.0 + w_fore[:, 2 * c :] - w_back[:, 2 * c :])[:, :, None, None, None]
+        return torch.cat((ct * factor[:, :c], pet * factor[:, c:], f * f_scale), dim=1)
