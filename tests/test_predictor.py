@@ -294,3 +294,20 @@ def test_predict_from_dicom_series(checkpoint: Path, tmp_path: Path) -> None:
     reference = nib.load(folder / "PET" / "nifti" / "image" / "image.nii.gz")
     assert nib.load(result.mask).shape == reference.shape
     np.testing.assert_allclose(nib.load(result.mask).affine, reference.affine, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_h2aseg_checkpoint_with_a_sigmoid_head(case: tuple, tmp_path: Path) -> None:
+    ct_path, pet_path, lesion = case
+    model_config = {"name": "h2aseg", "channels": [2, 4, 8, 16, 32], "output_activation": "sigmoid"}
+    config = {**_config(), "model": model_config, "preprocess": {"patch_size": [32, 32, 16]}}
+    torch.manual_seed(0)
+    model = build_model(**model_config)
+    predictor = Predictor.from_checkpoint(_write_checkpoint(tmp_path / "h2aseg.ckpt", config, model), "cpu")
+    assert predictor.activation == "sigmoid" and predictor.out_channels == 1
+
+    result = predictor.predict_case(ct_path, pet_path, tmp_path / "out", "demo", save_probabilities=True)
+
+    probabilities = np.asarray(nib.load(result.probabilities).dataobj)
+    assert probabilities.shape == lesion.shape
+    assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0
