@@ -266,3 +266,22 @@ def test_real_sts_petct_case_on_pet_grid() -> None:
     restored, _ = restore_to_original(data["label"][0], data)
     dice = 2 * np.sum(restored * pet_mask) / (restored.sum() + pet_mask.sum())
     assert dice > 0.95
+
+
+def test_all_air_volume_is_kept_whole(tmp_path: Path) -> None:
+    affine = np.eye(4)
+    item = {
+        "ct": _save(np.full((10, 10, 10), -1000.0, np.float32), affine, tmp_path / "ct.nii.gz"),
+        "pet": _save(np.zeros((10, 10, 10), np.float32), affine, tmp_path / "pet.nii.gz"),
+    }
+    assert tuple(predict_transforms(PreprocessConfig())(item)["image"].shape) == (2, 10, 10, 10)
+
+
+def test_lesion_free_case_gives_negative_patches(pet_grid_case: tuple, tmp_path: Path) -> None:
+    item, label, affine = pet_grid_case
+    item = dict(item, label=_save(np.zeros_like(label), affine, tmp_path / "empty_seg.nii.gz"))
+    pipeline = train_transforms(PreprocessConfig(patch_size=(8, 8, 8)))
+    pipeline.set_random_state(seed=0)
+    with pytest.warns(UserWarning, match="Num foregrounds 0"):
+        patches = pipeline(item)
+    assert len(patches) == 2 and all(int(p["label"].sum()) == 0 for p in patches)
