@@ -66,6 +66,7 @@ def _world_box(image: nib.spatialimages.SpatialImage) -> np.ndarray:
 
 
 def _same_grid(first: nib.spatialimages.SpatialImage, second: nib.spatialimages.SpatialImage) -> bool:
+    """Same shape and affine (within ``GRID_TOLERANCE_MM``)."""
     return first.shape[:3] == second.shape[:3] and np.allclose(
         first.affine, second.affine, atol=GRID_TOLERANCE_MM
     )
