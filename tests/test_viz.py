@@ -85,3 +85,35 @@ def test_training_curves_need_a_loss_or_dice_column(tmp_path: Path) -> None:
         save_training_curves(metrics_csv, tmp_path / "curves.png")
     with pytest.raises(ValueError, match="no such metrics file"):
         save_training_curves(tmp_path / "missing.csv", tmp_path / "curves.png")
+
+
+def test_nifti_figure_reorients_to_ras_and_brings_the_ct_onto_the_pet_grid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nibabel as nib
+
+    from h2aseg import viz
+
+    captured: dict[str, np.ndarray] = {}
+
+    def capture(
+        pet_suv: np.ndarray, mask: np.ndarray, ct_hu: np.ndarray, spacing_mm: np.ndarray, *args, **kwargs
+    ):
+        captured.update(pet=pet_suv, mask=mask, ct=ct_hu, spacing=np.asarray(spacing_mm))
+
+    monkeypatch.setattr(viz, "save_case_figure", capture)
+    pet_affine = np.diag([-2.0, -3.0, 4.0, 1.0])  # LPS voxel order: i runs to the patient's left
+    mask = np.zeros((6, 5, 4), dtype=np.uint8)
+    mask[1, 2, 3] = 1  # the second voxel from the patient's right
+    ct_affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    ct_affine[:3, 3] = (-14.0, -16.0, -2.0)
+    ct = nib.Nifti1Image(np.full((20, 20, 20), 35.0, np.float32), ct_affine)
+
+    viz.save_nifti_case_figure(
+        nib.Nifti1Image(mask.astype(np.float32), pet_affine), mask, ct, tmp_path / "x.png"
+    )
+
+    assert captured["mask"].shape == (6, 5, 4)
+    assert captured["mask"][6 - 1 - 1, 5 - 1 - 2, 3] == 1
+    np.testing.assert_array_equal(captured["spacing"], (2.0, 3.0, 4.0))
+    np.testing.assert_allclose(captured["ct"], 35.0)

@@ -101,8 +101,8 @@ def save_nifti_case_figure(
 ) -> None:
     """:func:`save_case_figure` for images as stored: any orientation, CT on its own grid.
 
-    Reorients the PET grid to RAS and resamples the CT onto it (trilinear, edge values
-    extended beyond the CT's last voxel centres).
+    Reorients the PET grid to RAS and resamples the CT onto it unless it is already there
+    (trilinear, edge values extended beyond the CT's last voxel centres).
 
     Args:
         pet_image: the PET NIfTI in SUV (its grid is the picture's grid).
@@ -112,9 +112,13 @@ def save_nifti_case_figure(
         truth: optional ground-truth mask in the PET file's voxel order.
     """
     pet_suv = np.asarray(pet_image.dataobj, dtype=np.float32)
-    ct_on_pet = nib_processing.resample_from_to(
-        ct_image, (pet_suv.shape, pet_image.affine), order=1, mode="nearest"
-    )
+    if ct_image.shape == pet_suv.shape and np.allclose(ct_image.affine, pet_image.affine, atol=1e-4):
+        ct_hu = np.asarray(ct_image.dataobj, dtype=np.float32)  # already on the PET grid (AutoPET CTres)
+    else:
+        grid = (pet_suv.shape, pet_image.affine)
+        ct_hu = nib_processing.resample_from_to(ct_image, grid, order=1, mode="nearest").get_fdata(
+            dtype=np.float32
+        )
     orientation = nib.orientations.io_orientation(pet_image.affine)
     spacing_ras = np.empty(3)
     spacing_ras[orientation[:, 0].astype(int)] = np.linalg.norm(pet_image.affine[:3, :3], axis=0)
@@ -122,7 +126,6 @@ def save_nifti_case_figure(
     def to_ras(array: np.ndarray) -> np.ndarray:
         return nib.orientations.apply_orientation(np.asarray(array), orientation)
 
-    ct_hu = ct_on_pet.get_fdata(dtype=np.float32)
     save_case_figure(
         to_ras(pet_suv),
         to_ras(mask),
