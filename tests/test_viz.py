@@ -5,9 +5,11 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
+from h2aseg import viz
 from h2aseg.viz import _to_display, save_case_figure, save_training_curves
 
 
@@ -90,15 +92,11 @@ def test_training_curves_need_a_loss_or_dice_column(tmp_path: Path) -> None:
 def test_nifti_figure_reorients_to_ras_and_brings_the_ct_onto_the_pet_grid(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import nibabel as nib
-
-    from h2aseg import viz
-
     captured: dict[str, np.ndarray] = {}
 
     def capture(
         pet_suv: np.ndarray, mask: np.ndarray, ct_hu: np.ndarray, spacing_mm: np.ndarray, *args, **kwargs
-    ):
+    ) -> None:
         captured.update(pet=pet_suv, mask=mask, ct=ct_hu, spacing=np.asarray(spacing_mm))
 
     monkeypatch.setattr(viz, "save_case_figure", capture)
