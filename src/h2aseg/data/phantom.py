@@ -1,0 +1,378 @@
+"""Synthetic FDG PET/CT cohort: realistic enough that both modalities matter, fast enough for a CPU.
+
+A case is an analytic body (:mod:`h2aseg.data.anatomy`) with CT in HU and PET in body-weight
+SUV: fat, muscle, lungs, liver, spleen, kidneys, bowel, bladder, heart, bones and, for
+whole-body and head-and-neck presets, brain, tonsils and salivary glands. Organs with
+physiological FDG uptake (brain, myocardium, kidneys, bladder, bowel, tonsils) mimic tumours in
+the PET alone; lesions (lung, liver, lymph nodes, bone; HECKTOR GTVp/GTVn) differ from them by
+their CT appearance and place. The PET is blurred by the scanner resolution with count-dependent
+noise and may be shifted by about a voxel against the CT; the mask is the true lesion extent on
+the CT grid.
+
+Presets: ``small`` (a shortened trunk at 4 mm for CPU training and tests), ``autopet``
+(whole body, CT on the PET grid like AutoPET's CTres) and ``hecktor`` (head and neck, CT 1 mm and
+PET 4 mm on different grids, labels 1 = GTVp, 2 = GTVn).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Literal
+
+import nibabel as nib
+import numpy as np
+from matplotlib.figure import Figure
+from scipy import ndimage
+
+from h2aseg.data.anatomy import TISSUE_INDEX, body_paints
+from h2aseg.data.layouts import Case, case_paths, read_dataset, write_nnunet_dataset_json
+from h2aseg.data.phantom_sampling import CaseParams, Preset, resolve_preset, sample_case_parameters
+from h2aseg.data.phantom_shapes import render, resample_to_grid
+
+logger = logging.getLogger(__name__)
+
+LayoutName = Literal["autopet", "nnunet", "hecktor", "flat"]
+HECKTOR_CENTRES = ("CHUM", "CHUP", "CHUS", "CHUV", "HGJ", "HMR", "MDA", "USZ")
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+
+
+@dataclass(frozen=True)
+class PhantomCase:
+    """One synthetic study in memory.
+
+    Attributes:
+        patient_id: AutoPET-style patient id (``PETCT_`` + 10 hex digits), shared by the studies
+            of one patient.
+        ct_hu: CT in HU, float32 ``(X, Y, Z)`` on the CT grid.
+        ct_affine: RAS affine ``(4, 4)`` of the CT grid (also the mask's grid).
+        pet_suv: PET in body-weight SUV, float32 ``(X', Y', Z')`` on the PET grid.
+        pet_affine: RAS affine ``(4, 4)`` of the PET grid.
+        mask: true lesion extent, uint8 on the CT grid (1 = lesion; HECKTOR 1 = GTVp, 2 = GTVn).
+        tissues: tissue index of each CT voxel (see :data:`h2aseg.data.anatomy.TISSUES`).
+        params: the parameters the case was rendered from.
+    """
+
+    patient_id: str
+    ct_hu: np.ndarray
+    ct_affine: np.ndarray
+    pet_suv: np.ndarray
+    pet_affine: np.ndarray
+    mask: np.ndarray
+    tissues: np.ndarray
+    params: CaseParams
+
+    @property
+    def ct_spacing_mm(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in np.diag(self.ct_affine)[:3])  # type: ignore[return-value]
+
+    @property
+    def pet_spacing_mm(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in np.diag(self.pet_affine)[:3])  # type: ignore[return-value]
+
+    def on_pet_grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """CT (HU, trilinear), PET (SUV) and mask (nearest), all on the PET grid."""
+        if self.ct_hu.shape == self.pet_suv.shape and np.allclose(self.ct_affine, self.pet_affine):
+            return self.ct_hu, self.pet_suv, self.mask
+        ct = resample_to_grid(self.ct_hu, self.ct_affine, self.pet_affine, self.pet_suv.shape, 1, -1000.0)
+        mask = resample_to_grid(self.mask, self.ct_affine, self.pet_affine, self.pet_suv.shape, 0, 0)
+        return ct, self.pet_suv, mask
+
+
+def _shift_voxels(volume: np.ndarray, shift: Sequence[int]) -> np.ndarray:
+    """``out[i] = volume[i + shift]``, edges repeated (a whole-voxel misregistration)."""
+    before = [max(-s, 0) for s in shift]
+    padded = np.pad(volume, [(b, max(s, 0)) for b, s in zip(before, shift, strict=True)], mode="edge")
+    window = tuple(slice(max(s, 0), max(s, 0) + n) for s, n in zip(shift, volume.shape, strict=True))
+    return padded[window]
+
+
+def _body_box(tissues: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """Bounding box of the non-air voxels, grown by ``margin`` voxels (the whole grid if empty)."""
+    box = []
+    for axis in range(3):
+        occupied = np.flatnonzero(tissues.any(axis=tuple(a for a in range(3) if a != axis)))
+        if occupied.size == 0:
+            return (slice(None),) * 3
+        box.append(slice(max(int(occupied[0]) - margin, 0), int(occupied[-1]) + margin + 1))
+    return tuple(box)
+
+
+def _pet_acquisition(
+    activity: np.ndarray, sigma_voxels: Sequence[float], params: CaseParams, rng: np.random.Generator
+) -> np.ndarray:
+    """Scanner blur and count noise of a true SUV map (float32 ``(X, Y, Z)``).
+
+    Noise with variance proportional to the activity is added, then the scanner's Gaussian
+    blur (``sigma_voxels``) is applied to both, so the noise is correlated as in a reconstructed
+    image; its level makes the liver's coefficient of variation after the blur
+    ``params.liver_noise_cv``.
+    """
+    impulse = np.zeros((33, 33, 33), dtype=np.float64)
+    impulse[16, 16, 16] = 1.0
+    kernel_energy = float((ndimage.gaussian_filter(impulse, sigma_voxels, mode="constant") ** 2).sum())
+    liver = float(params.suv[TISSUE_INDEX["liver"]])
+    gain = params.liver_noise_cv**2 * liver / kernel_energy  # variance = gain · SUV before the blur
+    noise = rng.standard_normal(activity.shape, dtype=np.float32)
+    noisy = activity + np.sqrt(np.float32(gain) * activity) * noise
+    blurred = ndimage.gaussian_filter(noisy, sigma_voxels, mode="nearest")
+    return np.maximum(blurred, 0.0, out=blurred)
+
+
+def render_phantom(params: CaseParams) -> PhantomCase:
+    """Render drawn parameters into CT, PET and mask volumes (deterministic)."""
+    preset = params.preset
+    paints = body_paints(params.body) + params.paints
+    ct_grid = preset.ct_grid
+    tissues = render(ct_grid, paints)
+    if preset.pet_grid is None:
+        pet_grid = ct_grid
+        steps = [round(d / s) for d, s in zip(params.pet_shift_mm, ct_grid.spacing_mm, strict=True)]
+        pet_tissues = _shift_voxels(tissues, steps)
+    else:
+        pet_grid = preset.pet_grid
+        pet_tissues = render(pet_grid.shifted(params.pet_shift_mm), paints)
+    rng = np.random.default_rng([params.seed, 3])
+    sigma = [preset.pet_fwhm_mm / FWHM_PER_SIGMA / s for s in pet_grid.spacing_mm]
+    # Noise and blur only inside the body's bounding box (plus the blur's reach): most of a
+    # whole-body field of view is air, constant -1000 HU and 0 SUV.
+    margin = int(np.ceil(4 * max(sigma))) + 2
+    ct = np.full(tissues.shape, params.hu[0], dtype=np.float32)
+    box = _body_box(tissues, margin)
+    ct[box] = params.hu[tissues[box]] + params.ct_noise_hu * rng.standard_normal(
+        ct[box].shape, dtype=np.float32
+    )
+    pet = np.zeros(pet_tissues.shape, dtype=np.float32)
+    box = _body_box(pet_tissues, margin)
+    pet[box] = _pet_acquisition(params.suv[pet_tissues[box]], sigma, params, rng)
+    return PhantomCase(
+        patient_id=params.patient_id,
+        ct_hu=np.clip(ct, -1024.0, 3071.0, out=ct),
+        ct_affine=ct_grid.affine,
+        pet_suv=pet,
+        pet_affine=pet_grid.affine,
+        mask=params.label_of_tissue[tissues],
+        tissues=tissues,
+        params=params,
+    )
+
+
+def make_phantom_case(
+    seed: int, preset: str | Preset = "small", anatomy_seed: int | None = None
+) -> PhantomCase:
+    """Make one synthetic PET/CT study in memory (nothing is written).
+
+    Args:
+        seed: seed of the case; the same seed gives identical arrays.
+        preset: ``small``, ``autopet``, ``hecktor`` or a custom :class:`Preset`.
+        anatomy_seed: seed of the patient's body; studies of one patient share it (``None`` =
+            ``seed``).
+
+    Returns:
+        The case: CT, PET and mask arrays on their grids with their affines.
+    """
+    return render_phantom(sample_case_parameters(seed, preset, anatomy_seed))
+
+
+@dataclass(frozen=True)
+class CohortEntry:
+    """One case of a cohort: its seeds and its place among the patients' studies."""
+
+    index: int
+    case_seed: int
+    anatomy_seed: int
+    patient_index: int
+    study_index: int
+
+
+def cohort_plan(n_cases: int, seed: int, layout: str) -> list[CohortEntry]:
+    """Seeds and patients of a cohort: a child seed per case; in the ``autopet`` and ``nnunet``
+    layouts every fourth patient has a second study (same body, new lesions and noise)."""
+    children = np.random.SeedSequence(seed).spawn(n_cases)
+    case_seeds = [int(child.generate_state(1)[0]) for child in children]
+    entries, patient, study, anatomy = [], 0, 0, 0
+    for index, case_seed in enumerate(case_seeds):
+        anatomy = case_seed if study == 0 else anatomy
+        entries.append(CohortEntry(index, case_seed, anatomy, patient, study))
+        if layout in ("autopet", "nnunet") and patient % 4 == 3 and study == 0:
+            study = 1
+        else:
+            patient, study = patient + 1, 0
+    return entries
+
+
+def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """Write a gzipped NIfTI with the affine as qform and sform, atomically."""
+    image = nib.Nifti1Image(array, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    image.header.set_xyzt_units("mm", "sec")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.nii.gz")
+    try:
+        nib.save(image, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _names(entry: CohortEntry, layout: str, case: PhantomCase) -> tuple[str, str, str | None]:
+    """Case id, patient id and (AutoPET) study folder of a cohort entry."""
+    if layout == "autopet":
+        rng = np.random.default_rng([entry.anatomy_seed, 4])
+        first = date(2002, 1, 1) + timedelta(days=int(rng.integers(0, 5000)))
+        when = first + timedelta(days=entry.study_index * int(rng.integers(60, 400)))
+        study = f"{when:%m-%d-%Y}-NA-PET-CT-Ganzkoerper-{int(rng.integers(10000, 99999)) + entry.study_index}"
+        return f"{case.patient_id}_{study}", case.patient_id, study
+    if layout == "hecktor":
+        case_id = f"{HECKTOR_CENTRES[entry.index % 8]}-{entry.index // 8 + 1:03d}"
+        return case_id, case_id, None
+    case_id = f"phantom_{entry.index:03d}"
+    return case_id, (f"patient_{entry.patient_index:03d}" if layout == "nnunet" else case_id), None
+
+
+def write_cohort(
+    out_dir: Path,
+    n_cases: int,
+    seed: int,
+    layout: LayoutName = "autopet",
+    preset: Literal["small", "autopet", "hecktor"] | Preset = "small",
+) -> list[Case]:
+    """Write a synthetic cohort as real NIfTI files (float32 CT/PET, uint8 mask, gzip).
+
+    Layouts: ``autopet`` (``PATIENT/STUDY/{CTres,SUV,SEG}.nii.gz``, every fourth patient with two
+    studies), ``hecktor`` (``imagesTr/ID__CT``, ``ID__PT``, ``labelsTr/ID``: native CT and PET
+    grids, label on the CT grid), ``nnunet`` (``dataset.json``, ``imagesTr/{case}_0000`` CT,
+    ``_0001`` PET, ``labelsTr``; a ``patients`` map in dataset.json) and ``flat``
+    (``{case}_ct``, ``_pet``, ``_seg``). Except in ``hecktor``, the CT and mask are written on the
+    PET grid.
+
+    Args:
+        out_dir: folder to write into (created).
+        n_cases: number of studies.
+        seed: cohort seed; each case gets a child seed.
+        layout: dataset layout.
+        preset: ``small``, ``autopet``, ``hecktor`` or a custom :class:`Preset`.
+
+    Returns:
+        The written cases, in generation order.
+    """
+    if n_cases < 1:
+        raise ValueError(f"{out_dir}: n_cases must be at least 1, got {n_cases}")
+    if layout not in ("autopet", "nnunet", "hecktor", "flat"):
+        raise ValueError(f"{out_dir}: unknown layout {layout!r}: choose autopet, nnunet, hecktor or flat")
+    preset = resolve_preset(preset)
+    out_dir = Path(out_dir)
+    cases = []
+    for entry in cohort_plan(n_cases, seed, layout):
+        phantom = make_phantom_case(entry.case_seed, preset, entry.anatomy_seed)
+        case_id, patient_id, study = _names(entry, layout, phantom)
+        ct_path, pet_path, label_path = case_paths(out_dir, layout, case_id, patient_id, study)
+        if layout == "hecktor":
+            ct, mask, ct_affine = phantom.ct_hu, phantom.mask, phantom.ct_affine
+        else:
+            ct, _, mask = phantom.on_pet_grid()
+            ct_affine = phantom.pet_affine
+        _save_nifti(ct, ct_affine, ct_path)
+        _save_nifti(phantom.pet_suv, phantom.pet_affine, pet_path)
+        _save_nifti(mask, ct_affine, label_path)
+        cases.append(Case(case_id, patient_id, ct_path, pet_path, label_path))
+        logger.debug("wrote %s (%d lesions)", case_id, len(phantom.params.lesions))
+    if layout == "nnunet":
+        labels = (
+            {"background": 0, "GTVp": 1, "GTVn": 2} if preset.multiclass else {"background": 0, "lesion": 1}
+        )
+        write_nnunet_dataset_json(
+            out_dir, [c.case_id for c in cases], labels, {c.case_id: c.patient_id for c in cases}
+        )
+    logger.info("wrote %d %s phantom cases to %s (%s layout)", n_cases, preset.name, out_dir, layout)
+    return cases
+
+
+def _pet_and_truth(item: Case | PhantomCase) -> tuple[np.ndarray, np.ndarray]:
+    """PET (SUV) and binary truth on the PET grid."""
+    if isinstance(item, PhantomCase):
+        _, pet, mask = item.on_pet_grid()
+        return pet, mask > 0
+    pet_image = nib.as_closest_canonical(nib.load(item.pet))
+    label_image = nib.as_closest_canonical(nib.load(item.label))
+    pet = np.asarray(pet_image.dataobj, dtype=np.float32)
+    label = np.asarray(label_image.dataobj)
+    if label.shape != pet.shape or not np.allclose(label_image.affine, pet_image.affine, atol=1e-3):
+        label = resample_to_grid(label, label_image.affine, pet_image.affine, pet.shape, 0, 0)
+    return pet, label > 0
+
+
+def threshold_baseline_dice(
+    cases_or_dir: Path | str | Sequence[Case | PhantomCase],
+    threshold: float = 2.5,
+    reduction: Literal["aggregate", "mean"] = "aggregate",
+) -> float:
+    """Dice of the PET-only baseline "SUV ≥ threshold is lesion" against the masks.
+
+    Args:
+        cases_or_dir: a dataset folder (any layout :func:`read_dataset` knows; labels required),
+            or cases (:class:`Case` files or in-memory :class:`PhantomCase`).
+        threshold: SUV threshold (g/mL).
+        reduction: ``aggregate`` = one Dice over all voxels of all cases (lesion-free cases count
+            through their false positives); ``mean`` = mean of per-case Dice over the cases with
+            a lesion.
+
+    Returns:
+        The Dice in [0, 1] (1.0 when there is neither a lesion nor a positive voxel).
+    """
+    if isinstance(cases_or_dir, (str, Path)):
+        cases_or_dir = read_dataset(Path(cases_or_dir), require_labels=True)
+    overlap = predicted = true = 0
+    per_case = []
+    for item in cases_or_dir:
+        pet, truth = _pet_and_truth(item)
+        prediction = pet >= threshold
+        both, n_pred, n_true = int((prediction & truth).sum()), int(prediction.sum()), int(truth.sum())
+        overlap, predicted, true = overlap + both, predicted + n_pred, true + n_true
+        if n_true:
+            per_case.append(2.0 * both / (n_pred + n_true))
+    if reduction == "mean":
+        return float(np.mean(per_case)) if per_case else 1.0
+    return 2.0 * overlap / (predicted + true) if predicted + true else 1.0
+
+
+def save_phantom_preview(case: PhantomCase, out_png: Path) -> None:
+    """PNG of a case: coronal CT slice through the lesions and coronal PET MIP, the patient's right
+    on the left, lesion outlines in red (matplotlib Agg, written atomically)."""
+    ct, pet, mask = case.on_pet_grid()
+    lesion_y = np.flatnonzero(mask.any(axis=(0, 2)))
+    y = int(np.median(lesion_y)) if lesion_y.size else ct.shape[1] // 2
+    spacing = case.pet_spacing_mm
+    extent = (0.0, ct.shape[0] * spacing[0], 0.0, ct.shape[2] * spacing[2])
+    height = 4.5 * extent[3] / extent[1]
+    figure = Figure(figsize=(8.0, min(max(height, 3.0), 9.0) + 0.6), dpi=100, layout="constrained")
+    panels = (
+        (ct[:, y, :], "gray", (-250.0, 350.0), mask[:, y, :], f"CT, coronal slice {y} (HU -250 to 350)"),
+        (pet.max(axis=1), "gray_r", (0.0, 10.0), mask.max(axis=1), "PET, coronal MIP (SUV 0 to 10)"),
+    )
+    for column, (image, cmap, (low, high), outline, title) in enumerate(panels):
+        axes = figure.add_subplot(1, 2, column + 1)
+        axes.imshow(image.T, cmap=cmap, vmin=low, vmax=high, origin="lower", extent=extent)
+        if outline.any():
+            axes.contour(
+                (outline > 0).T, levels=[0.5], colors="red", linewidths=0.8, origin="lower", extent=extent
+            )
+        axes.set_title(title, fontsize=9)
+        axes.set_axis_off()
+    lesions = (
+        ", ".join(f"{lesion.site} {lesion.diameter_mm:.0f} mm" for lesion in case.params.lesions) or "none"
+    )
+    figure.suptitle(f"{case.params.preset.name} phantom {case.patient_id}; lesions: {lesions}", fontsize=9)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out_png.with_name(f".{out_png.name}.{os.getpid()}.tmp.png")
+    try:
+        figure.savefig(temporary)
+        os.replace(temporary, out_png)
+    finally:
+        temporary.unlink(missing_ok=True)
