@@ -42,9 +42,9 @@ class PadCropNetwork(nn.Module):
             up to it, larger ones raise ``ValueError`` (feed them through the sliding-window inferer with
             ``roi_size=fixed_size``).
 
-    Padding is zeros at the high end of each axis; the crop keeps ``[:X, :Y, :Z]``. Each axis is padded to at
-    least twice its multiple, so the coarsest feature map has two voxels per axis and instance or batch
-    normalisation there has statistics to compute (only inputs smaller than a training patch grow).
+    Padding is zeros at the high end of each axis; the crop keeps ``[:X, :Y, :Z]``. An input that would
+    leave a single voxel in the coarsest feature map gets its first axis padded to twice its multiple, as
+    instance and batch normalisation need more than one value there.
     """
 
     output_activation: Literal["softmax", "sigmoid"] = "softmax"
@@ -76,8 +76,10 @@ class PadCropNetwork(nn.Module):
                     f"{tuple(spatial)}; use sliding-window inference with roi_size={self.fixed_size}"
                 )
             return self.fixed_size
-        multiples = zip(spatial, self.size_multiple, strict=True)
-        return _size3([max(math.ceil(s / m), 2) * m for s, m in multiples])
+        coarsest = [max(math.ceil(s / m), 1) for s, m in zip(spatial, self.size_multiple, strict=True)]
+        if coarsest == [1, 1, 1]:
+            coarsest[0] = 2
+        return _size3([c * m for c, m in zip(coarsest, self.size_multiple, strict=True)])
 
     def _run_padded(self, x: torch.Tensor) -> torch.Tensor:
         """Check ``x``, pad it, run the wrapped network; returns its raw output at the padded size."""
