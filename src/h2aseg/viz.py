@@ -162,7 +162,9 @@ def save_training_curves(metrics_csv: Path, out_png: Path) -> None:
 
     figure = Figure(figsize=(11, 4), layout="constrained")
     loss_axes, dice_axes = figure.subplots(1, 2)
-    for axes, names, ylabel in ((loss_axes, loss_columns, "loss"), (dice_axes, dice_columns, "Dice")):
+    panels = ((loss_axes, loss_columns, "loss"), (dice_axes, dice_columns, "Dice"))
+    for axes, names, ylabel in panels:
+        axes.set_title(ylabel.capitalize(), fontsize=10)
         for name in names:
             x, y = _column_points(rows, x_name, name)
             axes.plot(x, y, marker="." if len(x) < 50 else None, label=name)
