@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -308,7 +308,7 @@ def _pet_and_truth(item: Case | PhantomCase) -> tuple[np.ndarray, np.ndarray]:
 
 
 def threshold_baseline_dice(
-    cases_or_dir: Path | str | Sequence[Case | PhantomCase],
+    cases_or_dir: Path | str | Iterable[Case | PhantomCase],
     threshold: float = 2.5,
     reduction: Literal["aggregate", "mean"] = "aggregate",
 ) -> float:
@@ -316,7 +316,8 @@ def threshold_baseline_dice(
 
     Args:
         cases_or_dir: a dataset folder (any layout :func:`read_dataset` knows; labels required),
-            or cases (:class:`Case` files or in-memory :class:`PhantomCase`).
+            or cases (:class:`Case` files or in-memory :class:`PhantomCase`; any iterable, so a
+            generator keeps one whole-body case in memory at a time).
         threshold: SUV threshold (g/mL).
         reduction: ``aggregate`` = one Dice over all voxels of all cases (lesion-free cases count
             through their false positives); ``mean`` = mean of per-case Dice over the cases with

@@ -106,7 +106,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "autopet": Preset(
         name="autopet",
-        ct_grid=_centred_grid((400, 400, 350), (2.0364, 2.0364, 3.0), -1250.0),
+        ct_grid=_centred_grid((400, 400, 360), (2.0364, 2.0364, 3.0), -1250.0),
         pet_grid=None,
         region="whole_body",
         site_weights={**_METASTATIC, "node": 0.35, "gtvn": 0.05},
@@ -209,7 +209,7 @@ def _frame(rng: np.random.Generator, preset: Preset) -> BodyFrame:
     half_width = 170.0 * size * rng.uniform(0.92, 1.1)
     length = 600.0 * size
     if preset.region == "whole_body":
-        floor = low[2] + rng.uniform(110.0, 140.0) * size
+        floor = low[2] + rng.uniform(50.0, 90.0) * size
     else:
         floor = low[2] + rng.uniform(30.0, 50.0) - length
     return BodyFrame(
