@@ -31,7 +31,13 @@ from scipy import ndimage
 
 from h2aseg.data.anatomy import TISSUE_INDEX, body_paints
 from h2aseg.data.layouts import Case, case_paths, read_dataset, write_nnunet_dataset_json
-from h2aseg.data.phantom_sampling import CaseParams, Preset, resolve_preset, sample_case_parameters
+from h2aseg.data.phantom_sampling import (
+    CaseParams,
+    Preset,
+    PresetName,
+    resolve_preset,
+    sample_case_parameters,
+)
 from h2aseg.data.phantom_shapes import render, resample_to_grid
 
 logger = logging.getLogger(__name__)
@@ -131,8 +137,8 @@ def render_phantom(params: CaseParams) -> PhantomCase:
     tissues = render(ct_grid, paints)
     if preset.pet_grid is None:
         pet_grid = ct_grid
-        steps = [round(d / s) for d, s in zip(params.pet_shift_mm, ct_grid.spacing_mm, strict=True)]
-        pet_tissues = _shift_voxels(tissues, steps)
+        voxels = [round(d / s) for d, s in zip(params.pet_shift_mm, ct_grid.spacing_mm, strict=True)]
+        pet_tissues = _shift_voxels(tissues, voxels)
     else:
         pet_grid = preset.pet_grid
         pet_tissues = render(pet_grid.shifted(params.pet_shift_mm), paints)
@@ -162,7 +168,7 @@ def render_phantom(params: CaseParams) -> PhantomCase:
 
 
 def make_phantom_case(
-    seed: int, preset: str | Preset = "small", anatomy_seed: int | None = None
+    seed: int, preset: PresetName | Preset = "small", anatomy_seed: int | None = None
 ) -> PhantomCase:
     """Make one synthetic PET/CT study in memory (nothing is written).
 
@@ -240,7 +246,7 @@ def write_cohort(
     n_cases: int,
     seed: int,
     layout: LayoutName = "autopet",
-    preset: Literal["small", "autopet", "hecktor"] | Preset = "small",
+    preset: PresetName | Preset = "small",
 ) -> list[Case]:
     """Write a synthetic cohort as real NIfTI files (float32 CT/PET, uint8 mask, gzip).
 

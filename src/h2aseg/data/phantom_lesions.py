@@ -86,39 +86,22 @@ _HEAD_NECK_SITES = (
 )
 
 
+def _organ_site(
+    name: str, organ: Ellipsoid, within: tuple[str, ...], background: str, max_radius_mm: float
+) -> Site:
+    return Site(name, organ.centre, organ.centre, 0.0, within, background, max_radius_mm, organ)
+
+
 def lesion_sites(body: Body) -> list[Site]:
     """Every lesion site of this body: lungs, liver, lymph-node stations, bone and, with a head,
     head-and-neck primaries (GTVp: tonsils, larynx) and cervical nodes (GTVn: levels II–IV)."""
     f, s = body.frame, body.frame.size
     sites = []
-    for name in ("lung_right", "lung_left", "liver", "iliac_right", "iliac_left"):
+    for name in ("lung_right", "lung_left", "liver"):
         organ, tissue = body.organ(name), organ_tissue(name)
-        if name.startswith("iliac"):
-            sites.append(
-                Site(
-                    f"bone_{name}",
-                    organ.centre,
-                    organ.centre,
-                    0.0,
-                    BONE_TISSUES,
-                    "bone_marrow",
-                    18.0 * s,
-                    organ,
-                )
-            )
-        else:
-            sites.append(
-                Site(
-                    name,
-                    organ.centre,
-                    organ.centre,
-                    0.0,
-                    (tissue,),
-                    tissue,
-                    0.8 * min(organ.semi_axes),
-                    organ,
-                )
-            )
+        sites.append(_organ_site(name, organ, (tissue,), tissue, 0.8 * min(organ.semi_axes)))
+    for name in ("iliac_right", "iliac_left"):
+        sites.append(_organ_site(f"bone_{name}", body.organ(name), BONE_TISSUES, "bone_marrow", 18.0 * s))
     for where, (u, v, w) in _NODE_STATIONS.items():
         within = (*SOFT_TISSUES, "lung") if where.startswith(("mediastinal", "hilar")) else SOFT_TISSUES
         point = body.point(u, v, w)

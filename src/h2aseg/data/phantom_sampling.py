@@ -180,7 +180,7 @@ def sample_appearance(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]
     return hu, suv
 
 
-def resolve_preset(preset: str | Preset) -> Preset:
+def resolve_preset(preset: PresetName | str | Preset) -> Preset:
     """The :class:`Preset` of a name (``small``, ``autopet``, ``hecktor``), or ``preset`` itself."""
     if isinstance(preset, Preset):
         return preset
@@ -251,8 +251,42 @@ def _choose_sites(rng: np.random.Generator, preset: Preset, sites: list[Site]) -
     return [by_category[c][int(rng.integers(len(by_category[c])))] for c in chosen]
 
 
+def _place_lesions(
+    rng: np.random.Generator, preset: Preset, body: Body, tables: tuple[np.ndarray, np.ndarray]
+) -> tuple[tuple[LesionParams, ...], np.ndarray]:
+    """Draw the case's lesions (up to 20 tries each to fit its site) and enter their HU and SUV in
+    ``tables``; returns them with the mask value of each tissue index (uint8 ``(256,)``)."""
+    hu, suv = tables
+    label_of_tissue = np.zeros(256, dtype=np.uint8)
+    lesions: list[LesionParams] = []
+    steps = body_paints(body)
+    for site in _choose_sites(rng, preset, lesion_sites(body)):
+        for _ in range(20):
+            lesion = _draw_lesion(rng, preset, site, tables)
+            if lesion_fits(preset.ct_grid, steps, lesion, len(lesions)):
+                break
+        else:
+            continue
+        steps += lesion_paints(len(lesions), lesion)
+        index = LESION_INDEX_BASE + 2 * len(lesions)
+        hu[index : index + 2] = lesion.hu, lesion.core_hu
+        suv[index : index + 2] = lesion.suv, lesion.core_suv
+        label_of_tissue[index : index + 2] = lesion.label
+        lesions.append(lesion)
+    return tuple(lesions), label_of_tissue
+
+
+def _pet_shift(rng: np.random.Generator, preset: Preset) -> Vec3:
+    """PET-to-CT misregistration in mm: whole voxels on a shared grid, sub-voxel otherwise."""
+    if preset.pet_grid is None:
+        p = preset.shift_probability
+        voxels = rng.choice([-1, 0, 1], size=3, p=[p / 2, 1 - p, p / 2])
+        return tuple(float(k * s) for k, s in zip(voxels, preset.ct_grid.spacing_mm, strict=True))  # type: ignore[return-value]
+    return tuple(np.clip(rng.normal(0.0, preset.shift_sd_mm, 3), -2.5, 2.5).tolist())  # type: ignore[return-value]
+
+
 def sample_case_parameters(
-    seed: int, preset: str | Preset = "small", anatomy_seed: int | None = None
+    seed: int, preset: PresetName | Preset = "small", anatomy_seed: int | None = None
 ) -> CaseParams:
     """Draw every random choice of one case.
 
@@ -271,37 +305,17 @@ def sample_case_parameters(
     patient_id = f"PETCT_{int(anatomy_rng.integers(16**10)):010x}"
     body = sample_body(anatomy_rng, _frame(anatomy_rng, preset))
     hu, suv = sample_appearance(rng)
-    label_of_tissue = np.zeros(256, dtype=np.uint8)
-    lesions: list[LesionParams] = []
-    steps = body_paints(body)
-    for site in _choose_sites(rng, preset, lesion_sites(body)):
-        for _ in range(20):
-            lesion = _draw_lesion(rng, preset, site, (hu, suv))
-            if lesion_fits(preset.ct_grid, steps, lesion, len(lesions)):
-                break
-        else:
-            continue
-        steps += lesion_paints(len(lesions), lesion)
-        index = LESION_INDEX_BASE + 2 * len(lesions)
-        hu[index], suv[index], hu[index + 1], suv[index + 1] = (
-            lesion.hu,
-            lesion.suv,
-            lesion.core_hu,
-            lesion.core_suv,
-        )
-        label_of_tissue[index : index + 2] = lesion.label
-        lesions.append(lesion)
-    if preset.pet_grid is None:
-        steps = rng.choice(
-            [-1, 0, 1],
-            size=3,
-            p=[preset.shift_probability / 2, 1 - preset.shift_probability, preset.shift_probability / 2],
-        )
-        shift = tuple(float(k * s) for k, s in zip(steps, preset.ct_grid.spacing_mm, strict=True))
-    else:
-        shift = tuple(np.clip(rng.normal(0.0, preset.shift_sd_mm, 3), -2.5, 2.5).tolist())
+    lesions, label_of_tissue = _place_lesions(rng, preset, body, (hu, suv))
     return CaseParams(
-        seed=seed, preset=preset, patient_id=patient_id, body=body, hu=hu, suv=suv,
-        label_of_tissue=label_of_tissue, lesions=tuple(lesions), pet_shift_mm=shift,  # type: ignore[arg-type]
-        liver_noise_cv=rng.uniform(*preset.liver_noise_cv), ct_noise_hu=rng.uniform(*preset.ct_noise_hu),
-    )  # fmt: skip
+        seed=seed,
+        preset=preset,
+        patient_id=patient_id,
+        body=body,
+        hu=hu,
+        suv=suv,
+        label_of_tissue=label_of_tissue,
+        lesions=lesions,
+        pet_shift_mm=_pet_shift(rng, preset),
+        liver_noise_cv=rng.uniform(*preset.liver_noise_cv),
+        ct_noise_hu=rng.uniform(*preset.ct_noise_hu),
+    )
