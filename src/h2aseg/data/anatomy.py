@@ -4,7 +4,7 @@ Trunk organs are placed in fractions of the body cavity: ``u`` (−1 patient rig
 the cavity half-width, ``v`` (−1 posterior … +1 anterior) of its half-depth and ``w`` (0 pelvic
 floor … 1 shoulders) of the trunk length, so one plan serves an adult whole body and the short
 trunk of the ``small`` preset. Bones, vessels, the neck and the head are in millimetres scaled by
-the body size. Everything is in RAS patient mm (x to the patient's left, y anterior, z superior).
+the body size. Everything is in RAS patient mm (x to the patient's right, y anterior, z superior).
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class Body:
         """RAS mm of cavity fractions ``(u, v, w)``."""
         cavity_x, cavity_y = self.cavity
         f = self.frame
-        return (f.centre_x + u * cavity_x, f.centre_y + v * cavity_y, f.pelvic_floor_z + w * f.trunk_length)
+        return (f.centre_x - u * cavity_x, f.centre_y + v * cavity_y, f.pelvic_floor_z + w * f.trunk_length)
 
     def organ(self, name: str) -> Ellipsoid:
         """The ellipsoid of a trunk organ (see ``_ORGANS``), with this patient's jitter."""
@@ -288,7 +288,7 @@ def _trunk_contents(body: Body) -> list[Paint]:
         semi = (0.1 * cavity_x, 0.14 * cavity_y, 0.16 * f.trunk_length)
         paints.append(_paint(Ellipsoid(body.point(0.2 * side, -0.55, 0.3), semi), "muscle"))  # psoas
     paints += [_paint(body.organ(name), "lung") for name in ("lung_right", "lung_left")]
-    aorta = _rod((body.z(0.28), body.z(0.74)), f.centre_x + 0.1 * cavity_x, body.spine_y + 35.0 * s, 11.0 * s)
+    aorta = _rod((body.z(0.28), body.z(0.74)), f.centre_x - 0.1 * cavity_x, body.spine_y + 35.0 * s, 11.0 * s)
     heart = body.organ("heart")
     paints += [_paint(aorta, "blood"), _paint(heart, "myocardium"), _paint(_scaled(heart, 10.0 * s), "blood")]
     paints += [_paint(body.organ(name), name) for name in ("liver", "spleen")]
@@ -320,7 +320,7 @@ def _trunk_bones(body: Body) -> list[Paint]:
     )
     paints = [_paint(ribs, "bone_cortical"), _paint(sternum, "bone_cortical")]
     for side in (-1, 1):
-        iliac = body.organ("iliac_right" if side < 0 else "iliac_left")
+        iliac = body.organ("iliac_right" if side > 0 else "iliac_left")
         x = f.centre_x + side * 0.35 * f.half_width
         clavicle_centre = (x, f.centre_y + 0.55 * f.half_depth, body.z(0.97))
         clavicle = Ellipsoid(

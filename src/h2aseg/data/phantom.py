@@ -369,6 +369,7 @@ def save_phantom_preview(case: PhantomCase, out_png: Path) -> None:
             axes.contour(
                 (outline > 0).T, levels=[0.5], colors="red", linewidths=0.8, origin="lower", extent=extent
             )
+        axes.invert_xaxis()  # RAS x grows to the patient's right; radiologists show it on the left
         axes.set_title(title, fontsize=9)
         axes.set_axis_off()
     lesions = (

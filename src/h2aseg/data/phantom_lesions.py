@@ -113,7 +113,7 @@ def lesion_sites(body: Body) -> list[Site]:
             within, background = (
                 (_PRIMARY_TISSUES, "muscle") if name.startswith("gtvp") else (SOFT_TISSUES, "fat")
             )
-            for sign, side in ((-1, "right"), (1, "left")):
+            for sign, side in ((1, "right"), (-1, "left")):
                 point = body.head_point(sign * dx, dy, dz)
                 sites.append(Site(f"{name}_{side}", point, point, 5.0 * s, within, background, radius * s))
         larynx = body.head_point(0.0, 24.0, -35.0)
