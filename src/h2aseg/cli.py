@@ -45,7 +45,7 @@ def _user_errors() -> Iterator[None]:
         yield
     except (ValueError, OSError, KeyError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+        console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
 
 

@@ -1,0 +1,37 @@
+"""Smoke tests of the benchmarks at tiny sizes (figures are never asserted: only that they exist)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from h2aseg.bench.quality import THRESHOLD_ROW, QualityPlan, run_quality_benchmark
+from h2aseg.bench.speed import run_speed_benchmark
+
+
+@pytest.mark.slow
+def test_speed_benchmark_quick(tmp_path: Path) -> None:
+    results = run_speed_benchmark(
+        tmp_path, quick=True, models=["h2aseg", "unet3d"], repeats=1, volume_models=["h2aseg"], threads=1
+    )
+    assert [r.error for r in results] == [None, None, None]
+    train = {r.model: r for r in results if r.task == "train"}
+    assert train["h2aseg"].parameters > 0
+    assert train["h2aseg"].gflops_forward > 0
+    assert all(r.seconds_median > 0 and r.peak_memory_gb > 0 for r in results)
+    written = json.loads((tmp_path / "speed_cpu_quick.json").read_text())
+    assert len(written["results"]) == 3
+    assert "| h2aseg | train |" in (tmp_path / "speed_cpu_quick.md").read_text()
+
+
+@pytest.mark.slow
+def test_quality_benchmark_quick(tmp_path: Path) -> None:
+    plan = QualityPlan(models=["h2aseg"], seeds=[0], budget_minutes=0.02, n_cases=5)
+    summaries = run_quality_benchmark(tmp_path / "results", quick=True, plan=plan, work_dir=tmp_path / "work")
+    assert set(summaries) == {THRESHOLD_ROW, "h2aseg"}
+    table = (tmp_path / "results" / "quality_quick.md").read_text()
+    assert "| h2aseg |" in table and "SUV ≥ 2.5" in table
+    threshold = summaries[THRESHOLD_ROW][0]
+    assert 0.0 <= threshold["precision"]["mean"] <= 1.0
