@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from h2aseg.models.blocks import GroupPReLU
+from h2aseg.models.blocks import GroupPReLU, instance_norm
 
 AttentionImpl = Literal["sdpa", "naive"]
 BDSAFusion = Literal["mean", "concat"]
@@ -73,7 +73,8 @@ def window_partition(x: Tensor, window: tuple[int, int, int]) -> Tensor:
         window: window size ``(wx, wy, wz)`` in voxels.
 
     Returns:
-        ``(B * nW, wx * wy * wz, C)``, windows in raster order, channels last.
+        ``(B * nW, wx * wy * wz, C)``, windows in raster order, channels last (a view of a
+        channels-last ``x`` when there is a single window).
     """
     b, c, sx, sy, sz = x.shape
     wx, wy, wz = window
@@ -90,12 +91,13 @@ def window_reverse(tokens: Tensor, window: tuple[int, int, int], shape: tuple[in
         shape: ``(B, X, Y, Z)`` of the volume.
 
     Returns:
-        ``(B, C, X, Y, Z)``.
+        ``(B, C, X, Y, Z)`` in channels-last memory order (a view of ``tokens`` when there is
+        a single window).
     """
     b, sx, sy, sz = shape
     wx, wy, wz = window
     grid = tokens.reshape(b, sx // wx, sy // wy, sz // wz, wx, wy, wz, tokens.shape[-1])
-    return grid.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, -1, sx, sy, sz)
+    return grid.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, sx, sy, sz, -1).permute(0, 4, 1, 2, 3)
 
 
 def _on_modality(weight_t: Tensor, modality: int) -> Tensor:
@@ -249,5 +251,5 @@ class MCSA(nn.Module):
         """``(B, 2C, X, Y, Z)`` stacked CT/PET features → same shape."""
         inter = self.inter(self.merge(x))
         inter = F.interpolate(inter, size=x.shape[2:], mode="trilinear", align_corners=True)
-        x1 = self.act_inter(F.instance_norm(inter + x))
-        return self.act_intra(F.instance_norm(self.intra(x1) + x1))
+        x1 = self.act_inter(instance_norm(inter + x))
+        return self.act_intra(instance_norm(self.intra(x1) + x1))

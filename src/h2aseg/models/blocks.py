@@ -5,8 +5,12 @@ convolution; the official H2ASeg blocks are pre-activation (IN → PReLU → Con
 separate PReLU on the skip path, so the weights only load into blocks of exactly this
 shape. They are written here for that reason.
 
-Every convolution has a bias and every ``InstanceNorm3d`` is parameter-free (no affine,
-no running statistics), as in the official code.
+Every convolution has a bias and every instance norm is parameter-free (no affine, no
+running statistics), as in the official code.
+
+The two encoders (CT, PET) run as one network on channel-stacked features: a block with
+``groups=2`` holds both modalities' weights in grouped convolutions and one PReLU slope
+per modality, which is the same computation as two separate blocks.
 """
 
 from __future__ import annotations
@@ -14,6 +18,42 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+
+class _InstanceNorm(torch.autograd.Function):
+    """Instance norm that keeps the memory format and saves only its output.
+
+    ``F.instance_norm`` turns channels-last input contiguous (so every following
+    convolution reorders it back) and saves its input for backward; the channels-last CPU
+    group norm keeps the format but loses about 1e-4 to cancellation when the mean is
+    large. This uses Welford statistics (``var_mean``) and the output-only backward
+    ``dx = rstd · (dy − mean(dy) − y · mean(dy · y))``, so the saved tensor is the one the
+    following PReLU saves anyway.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, eps: float) -> Tensor:
+        var, mean = torch.var_mean(x, dim=(2, 3, 4), keepdim=True, correction=0)
+        rstd = torch.rsqrt(var + eps)
+        y = (x - mean).mul_(rstd)
+        ctx.save_for_backward(y, rstd)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, dy: Tensor) -> tuple[Tensor, None]:
+        y, rstd = ctx.saved_tensors
+        dims = (2, 3, 4)
+        mean_dy = dy.mean(dim=dims, keepdim=True)
+        mean_dy_y = (dy * y).mean(dim=dims, keepdim=True)
+        return torch.addcmul(dy - mean_dy, y, mean_dy_y, value=-1.0).mul_(rstd), None
+
+
+def instance_norm(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """Instance norm without affine (``nn.InstanceNorm3d`` defaults) of ``(B, C, X, Y, Z)``,
+    keeping channels-last tensors channels-last (see :class:`_InstanceNorm`)."""
+    return _InstanceNorm.apply(x, eps)
 
 
 class GroupPReLU(nn.Module):
@@ -36,6 +76,8 @@ class GroupPReLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the group slopes to ``x`` of shape ``(B, groups * channels_per_group, ...)``."""
+        if self.weight.numel() == 1:
+            return F.prelu(x, self.weight)
         return F.prelu(x, self.weight.repeat_interleave(self.channels_per_group))
 
 
@@ -43,22 +85,23 @@ class FirstResBlock(nn.Module):
     """Level-1 encoder block: ``Conv → IN → PReLU → Dropout3d → Conv`` plus a ``Conv`` skip.
 
     Args:
-        in_channels: input channels (1: one modality).
-        out_channels: output channels.
+        in_channels: input channels of all groups (2: CT and PET).
+        out_channels: output channels of all groups.
         dropout: ``Dropout3d`` probability between the two convolutions.
+        groups: independent branches (2: one per modality).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, dropout: float) -> None:
+    def __init__(self, in_channels: int, out_channels: int, dropout: float, groups: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv3d(in_channels, out_channels, 3, padding=1)
-        self.act = nn.PReLU()
+        self.conv1 = nn.Conv3d(in_channels, out_channels, 3, padding=1, groups=groups)
+        self.act = GroupPReLU(out_channels // groups, groups)
         self.drop = nn.Dropout3d(dropout)
-        self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1)
-        self.skip = nn.Conv3d(in_channels, out_channels, 3, padding=1)
+        self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1, groups=groups)
+        self.skip = nn.Conv3d(in_channels, out_channels, 3, padding=1, groups=groups)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, in_channels, X, Y, Z)`` → ``(B, out_channels, X, Y, Z)``."""
-        hidden = self.drop(self.act(F.instance_norm(self.conv1(x))))
+        hidden = self.drop(self.act(instance_norm(self.conv1(x))))
         return self.conv2(hidden) + self.skip(x)
 
 
@@ -76,23 +119,26 @@ class PreActResBlock(nn.Module):
         stride: stride of the first convolution of both paths (2 in the encoder, 1 in the
             decoder).
         dropout: ``Dropout3d`` probability after the first convolution.
+        groups: independent branches (2 in the dual encoder, 1 in the decoder).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, dropout: float) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int, dropout: float, groups: int = 1
+    ) -> None:
         super().__init__()
-        self.act_in = nn.PReLU()
-        self.conv1 = nn.Conv3d(in_channels, out_channels, 3, stride=stride, padding=1)
+        self.act_in = GroupPReLU(in_channels // groups, groups)
+        self.conv1 = nn.Conv3d(in_channels, out_channels, 3, stride=stride, padding=1, groups=groups)
         self.drop = nn.Dropout3d(dropout)
-        self.act_mid = nn.PReLU()
-        self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1)
-        self.act_skip = nn.PReLU()
-        self.skip = nn.Conv3d(in_channels, out_channels, 3, stride=stride, padding=1)
+        self.act_mid = GroupPReLU(out_channels // groups, groups)
+        self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1, groups=groups)
+        self.act_skip = GroupPReLU(in_channels // groups, groups)
+        self.skip = nn.Conv3d(in_channels, out_channels, 3, stride=stride, padding=1, groups=groups)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, in_channels, X, Y, Z)`` → ``(B, out_channels, ⌈X/s⌉, ⌈Y/s⌉, ⌈Z/s⌉)``."""
-        normed = F.instance_norm(x)
+        normed = instance_norm(x)
         hidden = self.drop(self.conv1(self.act_in(normed)))
-        hidden = self.conv2(self.act_mid(F.instance_norm(hidden)))
+        hidden = self.conv2(self.act_mid(instance_norm(hidden)))
         return hidden + self.skip(self.act_skip(normed))
 
 
@@ -106,9 +152,9 @@ class SegmentationHead(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.act = nn.PReLU()
+        self.act = GroupPReLU(in_channels, groups=1)
         self.conv = nn.Conv3d(in_channels, out_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, in_channels, X, Y, Z)`` → logits ``(B, out_channels, X, Y, Z)``."""
-        return self.conv(self.act(F.instance_norm(x)))
+        return self.conv(self.act(instance_norm(x)))

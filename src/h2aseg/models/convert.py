@@ -1,9 +1,11 @@
 """Load the authors' H2ASeg weights: official module names → :class:`~h2aseg.models.h2aseg.H2ASeg`.
 
-The official checkpoint (GitHub ``JinPLu/H2ASeg``) has 269 tensors. Most map one to one;
-the attention modules are fused here, so their per-direction 1×1×1 convolutions are
-stacked into the ``query``/``key``/``value``/``out`` tensors of :class:`BDSA` and the two
-window-merge convolutions and PReLU pairs of :class:`MCSA` are concatenated.
+The official checkpoint (GitHub ``JinPLu/H2ASeg``) has 269 tensors. The decoder maps one
+to one. The two encoders are one grouped network here, so each CT tensor and its PET twin
+are concatenated (output channels, CT first); the attention modules are fused, so their
+per-direction 1×1×1 convolutions are stacked into the ``query``/``key``/``value``/``out``
+tensors of :class:`BDSA`, and the window-merge convolutions and PReLU pairs of
+:class:`MCSA` are concatenated like the encoder's.
 """
 
 from __future__ import annotations
@@ -67,11 +69,9 @@ def convert_official_state_dict(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def _mapping() -> Iterator[tuple[str, Builder]]:
     """Every (our name, how to build it from official tensors) pair."""
-    for modality in _MODALITIES:
-        for level in range(N_LEVELS):
-            names = _FIRST_BLOCK if level == 0 else _PREACT_BLOCK
-            official = f"encoder.conv{level + 1}_{modality}"
-            yield from _block(f"{modality}_encoder.{level}", official, names)
+    for level in range(N_LEVELS):
+        names = _FIRST_BLOCK if level == 0 else _PREACT_BLOCK
+        yield from _dual_block(f"encoder.{level}", f"encoder.conv{level + 1}", names)
     for level in (2, 3):
         yield from _mcsa(f"interaction.{level - 2}", f"encoder.sa{level}")
     for level in (4, 5):
@@ -100,6 +100,18 @@ def _block(ours: str, theirs: str, names: Mapping[str, str]) -> Iterator[tuple[s
     for ours_name, theirs_name in names.items():
         for param in _PARAMS.get(ours_name, ("weight", "bias")):
             yield from _copy(f"{ours}.{ours_name}.{param}", f"{theirs}.{theirs_name}.{param}")
+
+
+def _dual_block(ours: str, theirs: str, names: Mapping[str, str]) -> Iterator[tuple[str, Builder]]:
+    """A grouped (CT, PET) block: each tensor is the CT one and the PET one concatenated."""
+    for ours_name, theirs_name in names.items():
+        for param in _PARAMS.get(ours_name, ("weight", "bias")):
+            yield (
+                f"{ours}.{ours_name}.{param}",
+                lambda take, n=f"{theirs_name}.{param}": torch.cat(
+                    [take(f"{theirs}_{m}.{n}") for m in _MODALITIES]
+                ),
+            )
 
 
 def _bdsa(ours: str, theirs: str) -> Iterator[tuple[str, Builder]]:

@@ -89,8 +89,7 @@ class H2ASeg(nn.Module):
         self.size_multiple = _size_multiple(window_size, use_mcsa)
         attention_dropout = dropout if attention_dropout is None else attention_dropout
 
-        self.ct_encoder = _encoder(channels, dropout)
-        self.pet_encoder = _encoder(channels, dropout)
+        self.encoder = _dual_encoder(channels, dropout)
         self.interaction = nn.ModuleList()
         if use_mcsa:
             self.interaction.extend(
@@ -111,7 +110,7 @@ class H2ASeg(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Finest logits ``(B, out_channels, X, Y, Z)`` of ``x`` ``(B, 2, X, Y, Z)``."""
         padded, crop = self._pad(x)
-        return self._decode(self._encode(padded), all_heads=False)[0][crop]
+        return self._decode(self._encode(padded), all_heads=False)[0][crop].contiguous()
 
     def forward_deep(self, x: Tensor) -> list[Tensor]:
         """The five deep-supervision logits, finest first, each ``(B, out_channels, X, Y, Z)``.
@@ -121,7 +120,7 @@ class H2ASeg(nn.Module):
         """
         padded, crop = self._pad(x)
         logits = self._decode(self._encode(padded), all_heads=True)
-        return [_upsample(level, padded.shape[2:])[crop] for level in logits]
+        return [_upsample(level, padded.shape[2:])[crop].contiguous() for level in logits]
 
     def encode(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Encoder features after the interaction modules, levels 1–5 as ``(ct, pet)`` pairs.
@@ -135,7 +134,8 @@ class H2ASeg(nn.Module):
         ]
 
     def _pad(self, x: Tensor) -> tuple[Tensor, tuple[slice, ...]]:
-        """Check ``x`` and pad it to a multiple of :attr:`size_multiple`; return the crop back."""
+        """Check ``x``, pad it to a multiple of :attr:`size_multiple` and make it channels-last
+        (faster oneDNN convolutions, zero-copy attention tokens); return the crop back."""
         validate_input(x, model_name="H2ASeg")
         sizes = x.shape[2:]
         extra = [-size % multiple for size, multiple in zip(sizes, self.size_multiple, strict=True)]
@@ -144,22 +144,18 @@ class H2ASeg(nn.Module):
             slice(None),
             *(slice(e // 2, e // 2 + s) for e, s in zip(extra, sizes, strict=True)),
         )
-        if not any(extra):
-            return x, crop
-        pad = [p for e in reversed(extra) for p in (e // 2, e - e // 2)]
-        return F.pad(x, pad, mode="replicate"), crop
+        if any(extra):
+            x = F.pad(x, [p for e in reversed(extra) for p in (e // 2, e - e // 2)], mode="replicate")
+        return x.contiguous(memory_format=torch.channels_last_3d), crop
 
     def _encode(self, x: Tensor) -> list[Tensor]:
         """Stacked ``(B, 2 * channels[k], ...)`` CT/PET features of levels 1–5 (CT first)."""
-        ct, pet = x[:, :1], x[:, 1:]
         features = []
-        for level in range(N_LEVELS):
-            ct, pet = self.ct_encoder[level](ct), self.pet_encoder[level](pet)
-            both = torch.cat((ct, pet), dim=1)
+        for level, block in enumerate(self.encoder):
+            x = block(x)
             if self.use_mcsa and level > 0:
-                both = self.interaction[level - 1](both)
-                ct, pet = both[:, : self.channels[level]], both[:, self.channels[level] :]
-            features.append(both)
+                x = self.interaction[level - 1](x)
+            features.append(x)
         return features
 
     def _decode(self, features: list[Tensor], all_heads: bool) -> list[Tensor]:
@@ -174,11 +170,7 @@ class H2ASeg(nn.Module):
         for k in reversed(range(N_LEVELS - 1)):
             skip = features[k]
             f = _upsample(f, skip.shape[2:])
-            c = self.channels[k]
-            if self.use_tamw:
-                f = self.tamw[k](skip[:, :c], skip[:, c:], f, logits[-1])
-            else:
-                f = torch.cat((skip, f), dim=1)
+            f = self.tamw[k](skip, f, logits[-1]) if self.use_tamw else torch.cat((skip, f), dim=1)
             f = self.decoder[k](f)
             if need_coarse or k == 0:
                 logits.append(self.heads[k](f))
@@ -216,10 +208,13 @@ def _size_multiple(window: tuple[int, int, int], use_mcsa: bool) -> tuple[int, i
     return tuple(math.lcm(16, 4 * w, 4 * merge) for w in window)
 
 
-def _encoder(channels: tuple[int, ...], dropout: float) -> nn.ModuleList:
-    """One modality's ResUNet encoder: a first block, then four stride-2 blocks."""
-    blocks = [FirstResBlock(1, channels[0], dropout)]
-    blocks += [PreActResBlock(channels[k - 1], channels[k], 2, dropout) for k in range(1, N_LEVELS)]
+def _dual_encoder(channels: tuple[int, ...], dropout: float) -> nn.ModuleList:
+    """The CT and PET ResUNet encoders as one grouped network on stacked channels:
+    a first block, then four stride-2 blocks."""
+    blocks = [FirstResBlock(2, 2 * channels[0], dropout, groups=2)]
+    blocks += [
+        PreActResBlock(2 * channels[k - 1], 2 * channels[k], 2, dropout, groups=2) for k in range(1, N_LEVELS)
+    ]
     return nn.ModuleList(blocks)
 
 

@@ -54,8 +54,8 @@ class TAMW(nn.Module):
 
     Example:
         >>> tamw = TAMW(8, 32)
-        >>> ct, pet = torch.randn(1, 8, 16, 16, 8), torch.randn(1, 8, 16, 16, 8)
-        >>> tamw(ct, pet, torch.randn(1, 32, 16, 16, 8), torch.randn(1, 2, 8, 8, 4)).shape
+        >>> encoder, f = torch.randn(1, 16, 16, 16, 8), torch.randn(1, 32, 16, 16, 8)
+        >>> tamw(encoder, f, torch.randn(1, 2, 8, 8, 4)).shape
         torch.Size([1, 48, 16, 16, 8])
     """
 
@@ -83,32 +83,28 @@ class TAMW(nn.Module):
             probs = torch.cat((probs[:, :1], probs[:, 1:].sum(1, keepdim=True)), dim=1)
         return probs.flatten(2)
 
-    def forward(self, ct: Tensor, pet: Tensor, f: Tensor, coarse_logits: Tensor) -> Tensor:
+    def forward(self, encoder: Tensor, f: Tensor, coarse_logits: Tensor) -> Tensor:
         """Weight the skip features by the coarser prediction and concatenate.
 
         Args:
-            ct: CT encoder feature ``(B, C, X, Y, Z)``.
-            pet: PET encoder feature ``(B, C, X, Y, Z)``.
+            encoder: CT and PET encoder features stacked, ``(B, 2C, X, Y, Z)``, CT first.
             f: up-sampled decoder feature ``(B, F, X, Y, Z)``.
             coarse_logits: logits of the coarser head ``(B, K, X/2, Y/2, Z/2)``.
 
         Returns:
             ``(B, 2C + F, X, Y, Z)``: ``cat(ct, pet, f) + cat(fore) − cat(back)``.
         """
-        b, c = ct.shape[:2]
-        probs = self._probabilities(coarse_logits, ct.shape[2:])  # (B, 2, N): background, foreground
-        n_voxels = probs.shape[-1]
+        b, c2 = encoder.shape[:2]
+        probs = self._probabilities(coarse_logits, encoder.shape[2:])  # (B, 2, N): background, foreground
         # Means of enc·p_bg and enc·p_fg per channel, without building the masked maps.
-        masked_means = [torch.bmm(x.flatten(2), probs.transpose(1, 2)) / n_voxels for x in (ct, pet)]
-        masked_means = torch.cat(masked_means, dim=1)  # (B, 2C, 2)
+        masked_means = torch.bmm(encoder.flatten(2), probs.transpose(1, 2)) / probs.shape[-1]  # (B, 2C, 2)
         f_means = f.mean(dim=(2, 3, 4))
         w_fore = self.fore(torch.cat((masked_means[..., 1], f_means), dim=1))
         w_back = self.back(torch.cat((masked_means[..., 0], f_means), dim=1))
-        # enc · (1 − w_bg·p_bg + w_fg·p_fg): a rank-2 product per batch element.
-        coefficients = torch.stack((-w_back[:, : 2 * c], w_fore[:, : 2 * c]), dim=2)
-        factor = torch.baddbmm(
-            torch.ones(1, 1, 1, dtype=probs.dtype, device=probs.device), coefficients, probs
-        )
-        factor = factor.view(b, 2 * c, *ct.shape[2:])
-        f_scale = (1.0 + w_fore[:, 2 * c :] - w_back[:, 2 * c :])[:, :, None, None, None]
-        return torch.cat((ct * factor[:, :c], pet * factor[:, c:], f * f_scale), dim=1)
+        # enc · (1 − w_bg·p_bg + w_fg·p_fg): a rank-2 product, built voxel-major (channels last).
+        coefficients = torch.stack((-w_back[:, :c2], w_fore[:, :c2]), dim=1)  # (B, 2, 2C)
+        ones = torch.ones(1, 1, 1, dtype=probs.dtype, device=probs.device)
+        factor = torch.baddbmm(ones, probs.transpose(1, 2), coefficients)  # (B, N, 2C)
+        factor = factor.view(b, *encoder.shape[2:], c2).permute(0, 4, 1, 2, 3)
+        f_scale = (1.0 + w_fore[:, c2:] - w_back[:, c2:])[:, :, None, None, None]
+        return torch.cat((encoder * factor, f * f_scale), dim=1)
