@@ -221,6 +221,17 @@ def test_data_module_batches_and_split(cohort: Path, tmp_path: Path) -> None:
     assert saved.train == data.split.train and saved.val == data.split.val
 
 
+def test_time_budget_stops_after_a_validated_step(cohort: Path, tmp_path: Path) -> None:
+    config = _config_file(
+        tmp_path, cohort, trainer={"max_epochs": 3, "val_every": 5, "max_time_minutes": 1e-6}
+    )
+    best = train(config)
+    checkpoint = torch.load(best, weights_only=True)
+    assert best.name == "best.ckpt" and checkpoint["global_step"] == 1
+    last = torch.load(best.parent / "last.ckpt", weights_only=True)
+    assert all(torch.equal(w, last["state_dict"][name]) for name, w in checkpoint["state_dict"].items())
+
+
 def test_resume_without_checkpoint_raises(cohort: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no checkpoint to resume from"):
         run_training(resolve_config(_config_file(tmp_path, cohort)), resume=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,37 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+
+class TimeBudget(Callback):
+    """Stops training after ``minutes`` of wall time, validating the final weights first.
+
+    Lightning's ``max_time`` stops without a validation unless the epoch happens to be one of
+    ``trainer.val_every``, so ``best.ckpt`` could miss the last epochs; here the stopping epoch is
+    always validated. All ranks take the decision together (a rank that stops alone would hang DDP).
+    The budget counts from the start of this invocation (a resumed run gets a new budget).
+
+    Args:
+        minutes: wall-time budget of the training loop.
+    """
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds = 60.0 * minutes
+        self.started = time.monotonic()
+
+    def on_train_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
+        """Start the clock."""
+        self.started = time.monotonic()
+
+    def on_train_batch_end(
+        self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        """Request the stop (and a validation of this epoch) once the budget is spent."""
+        spent = time.monotonic() - self.started >= self.seconds
+        if trainer.strategy.reduce_boolean_decision(spent, all=False):
+            logger.info("time budget of %.1f min spent: validating and stopping", self.seconds / 60)
+            trainer.should_stop = True
+            trainer.check_val_every_n_epoch = 1
 
 
 def train(config_path: Path, overrides: Sequence[str] = (), resume: bool = False) -> Path:
@@ -131,6 +163,7 @@ def build_trainer(config: dict[str, Any], callbacks: Sequence[Callback] = ()) ->
         save_top_k=1,
         auto_insert_metric_name=False,
         enable_version_counter=False,
+        save_on_train_epoch_end=False,
     )
     last = ModelCheckpoint(
         dirpath=directory,
@@ -141,7 +174,7 @@ def build_trainer(config: dict[str, Any], callbacks: Sequence[Callback] = ()) ->
     )
     logs_dir = Path(config["output_dir"]) / "logs"
     loggers = [CSVLogger(logs_dir, name="csv"), TensorBoardLogger(logs_dir, name="tensorboard")]
-    max_time = settings["max_time_minutes"]
+    budget = [] if settings["max_time_minutes"] is None else [TimeBudget(settings["max_time_minutes"])]
     optional = {
         key: settings[key]
         for key in ("limit_train_batches", "limit_val_batches")
@@ -154,10 +187,16 @@ def build_trainer(config: dict[str, Any], callbacks: Sequence[Callback] = ()) ->
         strategy=settings["strategy"],
         precision=settings["precision"],
         max_epochs=settings["max_epochs"],
-        max_time=None if max_time is None else {"minutes": max_time},
         check_val_every_n_epoch=settings["val_every"],
         log_every_n_steps=settings["log_every_n_steps"],
-        callbacks=[best, last, LearningRateMonitor(logging_interval="epoch"), RichProgressBar(), *callbacks],
+        callbacks=[
+            best,
+            last,
+            LearningRateMonitor(logging_interval="epoch"),
+            RichProgressBar(),
+            *budget,
+            *callbacks,
+        ],
         logger=loggers,
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
