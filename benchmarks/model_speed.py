@@ -1,19 +1,26 @@
-"""Speed and peak memory of H2ASeg: our network, its naive-attention twin, the dual-branch
-baseline and (when the mirror of the authors' repository is present) the official code.
+"""Speed and peak memory of H2ASeg: our network (plain, with attention checkpointing, with a
+naive attention path, without attention dropout), the dual-branch baseline and, when the
+mirror of the authors' repository is present, the official H2ASeg and dual-branch ResUNet.
 
 Each configuration (row × batch × mode) runs in a fresh subprocess, so its peak memory is
-its own: on CPU the peak resident set size (``ru_maxrss``) minus the resident size before
-the first step (model and input already built), which counts everything torch allocates,
-unlike ``tracemalloc``; on CUDA ``torch.cuda.max_memory_allocated``. Times are the median
-of ``--repeats`` runs after one warm-up.
+its own. CPU: peak resident set size (``getrusage`` ``ru_maxrss``) minus the resident size
+just before the first step (model and input built), which counts every allocation of
+torch's native code (``tracemalloc`` sees only Python's); CUDA:
+``torch.cuda.max_memory_allocated``. Times are medians over ``--repeats`` runs after one
+warm-up: wall seconds and CPU seconds (user + system of the process). On a shared machine
+the CPU seconds are the steadier figure; OpenMP threads wait passively
+(``OMP_WAIT_POLICY=PASSIVE`` unless set), so waiting does not count as work.
 
-Modes: ``forward`` is ``model(x)`` in eval mode under ``no_grad`` (the official model has
-no single-output path, so its row computes all five heads); ``train`` is a training-mode
-forward of all five deep-supervision outputs, a weighted sum of their means and the
-backward pass.
+Modes: ``forward`` is ``model(x)`` in eval mode under ``no_grad`` (the official model has no
+single-output path, so its row computes all five heads); ``train`` is a training-mode
+forward of all five deep-supervision outputs, a weighted sum of their means, and backward.
+
+The official code is exported from the bare git mirror into a temporary folder outside
+the repository at run time (never committed); without ``einops`` a small stand-in for
+``einops.rearrange`` is registered. Its rows are skipped when the mirror is absent.
 
 Usage:
-    python benchmarks/model_speed.py --size 128 128 64 --batch 1 2 --threads 2 \
+    python benchmarks/model_speed.py --size 128 128 64 --batch 1 2 --threads 2 \\
         --out benchmarks/results/model_speed_cpu.json
     python benchmarks/model_speed.py --quick --out /tmp/speed.json
 """
@@ -23,29 +30,45 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
+import re
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import types
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger("model_speed")
 
-ROWS = ("h2aseg", "h2aseg-naive", "h2aseg-baseline", "official-h2aseg", "official-resunet")
+OURS = {
+    "h2aseg": ("h2aseg", {}),
+    "h2aseg-checkpoint": ("h2aseg", {"checkpoint_attention": True}),
+    "h2aseg-naive": ("h2aseg", {"attention_impl": "naive"}),
+    "h2aseg-no-attention-dropout": ("h2aseg", {"attention_dropout": 0.0}),
+    "h2aseg-baseline": ("h2aseg-baseline", {}),
+}
+OFFICIAL = ("official-h2aseg", "official-resunet")
+ROWS = (*OURS, *OFFICIAL)
+QUICK_ROWS = ("h2aseg", "h2aseg-baseline")
 MODES = ("forward", "train")
 DEEP_SUPERVISION_WEIGHTS = (5.0, 4.0, 3.0, 2.0, 1.0)
 DEFAULT_MIRROR = Path("/work/.mirror/JinPLu+H2ASeg/repo")
 OFFICIAL_FILES = ("H2ASeg", "MCSA", "Attention", "TAMW", "ResUNet", "modules")
+CHANNELS = (8, 16, 32, 64, 128)
 QUICK_SIZE = (32, 32, 16)
 QUICK_CHANNELS = (2, 4, 8, 16, 32)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, nargs=3, default=(128, 128, 64), metavar=("X", "Y", "Z"))
     parser.add_argument("--batch", type=int, nargs="+", default=(1, 2))
     parser.add_argument("--threads", type=int, default=2)
@@ -54,43 +77,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16 = autocast")
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=ROWS)
     parser.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
-    parser.add_argument("--mirror", type=Path, default=DEFAULT_MIRROR, help="bare git mirror of JinPLu/H2ASeg")
-    parser.add_argument("--out", type=Path, help="JSON file; a Markdown table is written beside it (.md)")
-    parser.add_argument("--quick", action="store_true", help="tiny size and channels, one repeat (smoke test)")
+    parser.add_argument(
+        "--mirror", type=Path, default=DEFAULT_MIRROR, help="bare git mirror of the authors' code"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="JSON file, rewritten after every row; Markdown table beside it"
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny size, channels and rows, one repeat")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.batch, args.repeats = QUICK_SIZE, [1], 1
-        args.rows = [row for row in args.rows if row in ("h2aseg", "h2aseg-baseline")]
+        args.rows = [row for row in args.rows if row in QUICK_ROWS]
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run every configuration in its own subprocess and write JSON and Markdown."""
+    """Run every configuration in its own subprocess; write JSON and Markdown as results come."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     if args.worker:
         print(json.dumps(run_worker(args)))
         return
-    official_dir = None
-    if any(row.startswith("official") for row in args.rows):
-        official_dir = tempfile.TemporaryDirectory(prefix="h2aseg-official-")
-        if not export_official_code(args.mirror, Path(official_dir.name)):
-            logger.warning("official code not available at %s: skipping its rows", args.mirror)
-            args.rows = [row for row in args.rows if not row.startswith("official")]
-    results = []
-    for row in args.rows:
-        for batch in args.batch:
-            for modes in [args.modes] if args.quick else [[mode] for mode in args.modes]:
-                result = run_subprocess(args, row, batch, modes, official_dir.name if official_dir else None)
-                logger.info("%s", result)
-                results.extend(result)
-    report = {"config": config_of(args), "results": results}
-    if args.out:
-        write_atomic(args.out, json.dumps(report, indent=2) + "\n")
-        write_atomic(args.out.with_suffix(".md"), markdown_table(report))
-    if official_dir:
-        official_dir.cleanup()
+    with tempfile.TemporaryDirectory(prefix="h2aseg-official-") as official_dir:
+        if set(args.rows) & set(OFFICIAL) and not export_official_code(args.mirror, Path(official_dir)):
+            logger.warning("no official code at %s: skipping its rows", args.mirror)
+            args.rows = [row for row in args.rows if row not in OFFICIAL]
+        report: dict[str, object] = {"config": config_of(args), "results": []}
+        for row in args.rows:
+            for batch in args.batch:
+                # --quick measures both modes in one process: its memory figures are cumulative.
+                for modes in [args.modes] if args.quick else [[mode] for mode in args.modes]:
+                    results = run_subprocess(args, row, batch, modes, official_dir)
+                    for result in results:
+                        logger.info("%s", result)
+                    report["results"].extend(results)
+                    if args.out:
+                        write_atomic(args.out, json.dumps(report, indent=2) + "\n")
+                        write_atomic(args.out.with_suffix(".md"), markdown_table(report))
 
 
 def config_of(args: argparse.Namespace) -> dict[str, object]:
@@ -106,12 +130,14 @@ def config_of(args: argparse.Namespace) -> dict[str, object]:
         "quick": args.quick,
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+        "load_average_at_start": list(os.getloadavg()),
         "memory": "peak RSS minus RSS before the first step (CPU); max_memory_allocated (CUDA)",
     }
 
 
 def run_subprocess(
-    args: argparse.Namespace, row: str, batch: int, modes: list[str], official_dir: str | None
+    args: argparse.Namespace, row: str, batch: int, modes: list[str], official_dir: str
 ) -> list[dict[str, object]]:
     """One fresh interpreter per configuration; its last stdout line is the JSON result list."""
     worker = {"row": row, "batch": batch, "modes": modes, "official_dir": official_dir}
@@ -121,6 +147,7 @@ def run_subprocess(
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     env["OMP_NUM_THREADS"] = str(args.threads)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{row} batch {batch} {modes} failed:\n{done.stderr[-2000:]}")
@@ -128,25 +155,22 @@ def run_subprocess(
 
 
 def export_official_code(mirror: Path, target: Path) -> bool:
-    """Write the authors' model files from the bare mirror into ``target/model`` (never the repo)."""
+    """Write the authors' model files from the bare mirror into ``target/model``."""
     if not mirror.exists():
         return False
-    (target / "model").mkdir(parents=True)
+    (target / "model").mkdir(parents=True, exist_ok=True)
     for name in OFFICIAL_FILES:
-        shown = subprocess.run(
-            ["git", "-C", str(mirror), "show", f"HEAD:model/{name}.py"], capture_output=True, text=True, check=False
-        )
+        command = ["git", "-C", str(mirror), "show", f"HEAD:model/{name}.py"]
+        shown = subprocess.run(command, capture_output=True, text=True, check=False)
         if shown.returncode != 0:
             return False
         (target / "model" / f"{name}.py").write_text(shown.stdout)
     return True
 
 
-def einops_rearrange(x, pattern: str, **sizes: int):  # noqa: ANN001, ANN201 (mirrors einops' signature)
-    """The subset of ``einops.rearrange`` the official code uses (axes and parenthesised groups),
-    for machines without einops: reshape to elementary axes, permute, reshape to groups."""
-    import math
-    import re
+def einops_rearrange(x: object, pattern: str, **sizes: int) -> object:
+    """The part of ``einops.rearrange`` the official code uses (named axes and parenthesised
+    groups): reshape to elementary axes, permute, reshape to the output groups."""
 
     def groups(side: str) -> list[list[str]]:
         return [token.strip("()").split() for token in re.findall(r"\([^)]*\)|\S+", side)]
@@ -163,30 +187,33 @@ def einops_rearrange(x, pattern: str, **sizes: int):  # noqa: ANN001, ANN201 (mi
     return moved.reshape([math.prod(known[axis] for axis in group) for group in right])
 
 
-def build_row(row: str, official_dir: str | None, quick: bool):  # noqa: ANN201 (an nn.Module)
-    """The network of a benchmark row and a function mapping ``(B, 2, X, Y, Z)`` to its outputs."""
-    channels = QUICK_CHANNELS if quick else (8, 16, 32, 64, 128)
-    if row.startswith("official"):
-        import types
-
+def build_row(row: str, official_dir: str, size: tuple[int, ...], quick: bool) -> tuple[object, Callable]:
+    """The network of a row and ``run(model, x, deep)`` giving the finest or all five outputs."""
+    channels = QUICK_CHANNELS if quick else CHANNELS
+    if row in OFFICIAL:
         try:
             import einops  # noqa: F401
         except ImportError:
             sys.modules["einops"] = types.SimpleNamespace(rearrange=einops_rearrange)
         sys.path.insert(0, official_dir)
         if row == "official-h2aseg":
-            from model.H2ASeg import H2ASeg as Official
+            from model.H2ASeg import H2ASeg
 
-            model = Official(list(QUICK_SIZE if quick else (128, 128, 64)), 1, 2, list(channels))
+            model = H2ASeg(list(size), 1, 2, list(channels))
         else:
-            from model.ResUNet import ResUNet as Official
+            from model.ResUNet import ResUNet
 
-            model = Official(1, 2, list(channels))
-        return model, lambda m, x, deep: m(x[:, :1], x[:, 1:]) if deep else m(x[:, :1], x[:, 1:])[0]
+            model = ResUNet(1, 2, list(channels))
+
+        def run_official(m: object, x: object, deep: bool) -> object:
+            outputs = m(x[:, :1], x[:, 1:])
+            return outputs if deep else outputs[0]
+
+        return model, run_official
 
     from h2aseg.models import build_model
 
-    name, kwargs = ("h2aseg", {"attention_impl": "naive"}) if row == "h2aseg-naive" else (row, {})
+    name, kwargs = OURS[row]
     model = build_model(name, channels=channels, **kwargs)
     return model, lambda m, x, deep: m.forward_deep(x) if deep else m(x)
 
@@ -199,7 +226,7 @@ def run_worker(args: argparse.Namespace) -> list[dict[str, object]]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    model, run = build_row(spec["row"], spec["official_dir"], args.quick)
+    model, run = build_row(spec["row"], spec["official_dir"], tuple(args.size), args.quick)
     model = model.to(device)
     x = torch.randn(spec["batch"], 2, *args.size, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
@@ -213,7 +240,7 @@ def run_worker(args: argparse.Namespace) -> list[dict[str, object]]:
         model.train()
         with autocast:
             outputs = run(model, x, True)
-            loss = sum(w * out.float().mean() for w, out in zip(DEEP_SUPERVISION_WEIGHTS, outputs, strict=True))
+            loss = sum(w * y.float().mean() for w, y in zip(DEEP_SUPERVISION_WEIGHTS, outputs, strict=True))
         loss.backward()
         model.zero_grad(set_to_none=True)
 
@@ -221,22 +248,22 @@ def run_worker(args: argparse.Namespace) -> list[dict[str, object]]:
     for mode in spec["modes"]:
         step = forward if mode == "forward" else train
         before = _memory_now(device)
-        seconds, cpu_seconds = [], []
+        wall, cpu = [], []
         for _ in range(args.repeats + 1):
-            start, start_cpu = time.perf_counter(), time.process_time()
+            start, start_cpu = time.perf_counter(), _cpu_seconds()
             step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            seconds.append(time.perf_counter() - start)
-            cpu_seconds.append(time.process_time() - start_cpu)
+            wall.append(time.perf_counter() - start)
+            cpu.append(_cpu_seconds() - start_cpu)
         results.append(
             {
                 "row": spec["row"],
                 "batch": spec["batch"],
                 "mode": mode,
-                "seconds": round(statistics.median(seconds[1:]), 3),
-                "seconds_all": [round(s, 3) for s in seconds],
-                "cpu_seconds": round(statistics.median(cpu_seconds[1:]), 3),
+                "seconds": round(statistics.median(wall[1:]), 3),
+                "cpu_seconds": round(statistics.median(cpu[1:]), 3),
+                "seconds_all": [round(s, 3) for s in wall],
                 "peak_memory_mb": round(_memory_peak(device) - before, 1),
                 "parameters": sum(p.numel() for p in model.parameters()),
             }
@@ -244,7 +271,13 @@ def run_worker(args: argparse.Namespace) -> list[dict[str, object]]:
     return results
 
 
-def _memory_now(device) -> float:  # noqa: ANN001 (torch.device, imported lazily)
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _memory_now(device: object) -> float:
     """Current resident memory (CPU) or allocated memory (CUDA) in MB; resets the CUDA peak."""
     import torch
 
@@ -255,7 +288,7 @@ def _memory_now(device) -> float:  # noqa: ANN001 (torch.device, imported lazily
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _memory_peak(device) -> float:  # noqa: ANN001
+def _memory_peak(device: object) -> float:
     """Peak resident memory of this process (CPU) or peak allocated memory (CUDA) in MB."""
     import torch
 
@@ -265,13 +298,18 @@ def _memory_peak(device) -> float:  # noqa: ANN001
 
 
 def markdown_table(report: dict[str, object]) -> str:
-    """A Markdown table of the results, one line per row × batch, forward and train side by side."""
+    """One line per row × batch, forward and train side by side."""
     config = report["config"]
+    size = ", ".join(map(str, config["size"]))
+    header = ["row", "batch", "parameters"] + [
+        f"{m} {c}" for m in ("forward", "train") for c in ("s", "CPU s", "MB")
+    ]
     lines = [
-        f"# Model speed: {config['device']}, {config['threads']} threads, size {config['size']}, {config['dtype']}",
+        f"Device {config['device']}, {config['threads']} threads, input (B, 2, {size}), {config['dtype']}, "
+        f"median of {config['repeats']} after a warm-up; CPU s = user + system.",
         "",
-        "| row | batch | parameters | forward s | forward MB | train step s | train MB |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| " + " | ".join(header) + " |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     table: dict[tuple[str, int], dict[str, dict[str, object]]] = {}
     for result in report["results"]:
@@ -280,7 +318,14 @@ def markdown_table(report: dict[str, object]) -> str:
         cells = [row, str(batch), f"{next(iter(modes.values()))['parameters']:,}"]
         for mode in MODES:
             found = modes.get(mode)
-            cells += [f"{found['seconds']:.2f}", f"{found['peak_memory_mb']:.0f}"] if found else ["–", "–"]
+            if found:
+                cells += [
+                    f"{found['seconds']:.2f}",
+                    f"{found['cpu_seconds']:.2f}",
+                    f"{found['peak_memory_mb']:.0f}",
+                ]
+            else:
+                cells += ["–", "–", "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from h2aseg.models.blocks import GroupPReLU, instance_norm
 
@@ -59,8 +60,9 @@ def attend(q: Tensor, k: Tensor, v: Tensor, scale: float, dropout_p: float, impl
         weights = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * scale, dim=-1)
         return torch.matmul(F.dropout(weights, dropout_p, training=dropout_p > 0), v)
     width = v.shape[-1] - q.shape[-1]
-    if width > 0:
-        # The fused CPU and CUDA flash kernels need equal head sizes; zero columns leave q kᵀ unchanged.
+    if width > 0 and (dropout_p == 0.0 or q.is_cuda):
+        # Flash kernels need equal head sizes; zero columns leave q kᵀ unchanged. CPU training
+        # with dropout always takes SDPA's math kernel, where the padding would only cost.
         q, k = F.pad(q, (0, width)), F.pad(k, (0, width))
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
 
@@ -123,6 +125,9 @@ class BDSA(nn.Module):
         residual: add the target feature to the output.
         fusion: ``"mean"`` (official code) or ``"concat"`` (paper text).
         attention_impl: ``"sdpa"`` or ``"naive"`` (see :func:`attend`).
+        checkpoint_attention: in training with attention dropout, keep only queries, keys
+            and values and recompute the attention in backward. With dropout, SDPA on CPU
+            runs its math kernel, which stores three ``N × N`` maps per head for backward.
 
     Example:
         >>> bdsa = BDSA(16, channel_scale=4, window=(8, 8, 4))
@@ -139,6 +144,7 @@ class BDSA(nn.Module):
         residual: bool = False,
         fusion: BDSAFusion = "mean",
         attention_impl: AttentionImpl = "sdpa",
+        checkpoint_attention: bool = False,
     ) -> None:
         super().__init__()
         if channels // channel_scale < 1:
@@ -154,6 +160,7 @@ class BDSA(nn.Module):
         self.residual = residual
         self.fusion = fusion
         self.attention_impl = attention_impl
+        self.checkpoint_attention = checkpoint_attention
         # Indexed [target modality (CT, PET)][kind (target→target, source→target)], each (out, in).
         self.query = nn.Parameter(torch.empty(2, 2, self.head_dim, channels))
         self.key = nn.Parameter(torch.empty(2, 2, self.head_dim, channels))
@@ -200,14 +207,18 @@ class BDSA(nn.Module):
         k = k.unflatten(-1, (4, d)).transpose(1, 2)
         v = v.unflatten(-1, (4, c)).transpose(1, 2)
         dropout_p = self.dropout if self.training else 0.0
-        heads = attend(q, k, v, d**-0.5, dropout_p, self.attention_impl)
+        if self.checkpoint_attention and dropout_p > 0 and torch.is_grad_enabled():
+            # Recomputed in backward (same dropout mask: the RNG state is restored).
+            heads = checkpoint(attend, q, k, v, d**-0.5, dropout_p, self.attention_impl, use_reentrant=False)
+        else:
+            heads = attend(q, k, v, d**-0.5, dropout_p, self.attention_impl)
         heads = heads.transpose(1, 2).reshape(n_windows, n_tokens, 4 * c)
         if self.fusion == "mean":
             fused = window_reverse(torch.matmul(heads, self._output_projection()), window, (b, sx, sy, sz))
         else:
             fused = self.fuse(window_reverse(heads, window, (b, sx, sy, sz)))
         fused = F.dropout(fused, self.dropout, self.training)
-        return fused + x if self.residual else fused
+        return fused.add_(x) if self.residual else fused  # in place: ``fused`` is not saved for backward
 
 
 class MCSA(nn.Module):
@@ -228,6 +239,7 @@ class MCSA(nn.Module):
         channel_scale: query/key size ``C // channel_scale`` (4 in the official code).
         fusion: BDSA fusion, ``"mean"`` or ``"concat"``.
         attention_impl: ``"sdpa"`` or ``"naive"``.
+        checkpoint_attention: see :class:`BDSA`.
     """
 
     def __init__(
@@ -238,18 +250,21 @@ class MCSA(nn.Module):
         channel_scale: int = 4,
         fusion: BDSAFusion = "mean",
         attention_impl: AttentionImpl = "sdpa",
+        checkpoint_attention: bool = False,
     ) -> None:
         super().__init__()
         merge = min(window)
         self.merge = nn.Conv3d(2 * channels, 2 * channels, merge, stride=merge, groups=2)
-        self.inter = BDSA(channels, channel_scale, None, dropout, False, fusion, attention_impl)
+        options = (dropout, False, fusion, attention_impl, checkpoint_attention)
+        self.inter = BDSA(channels, channel_scale, None, *options)
         self.act_inter = GroupPReLU(channels)
-        self.intra = BDSA(channels, channel_scale, tuple(window), dropout, False, fusion, attention_impl)
+        self.intra = BDSA(channels, channel_scale, tuple(window), *options)
         self.act_intra = GroupPReLU(channels)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, 2C, X, Y, Z)`` stacked CT/PET features → same shape."""
         inter = self.inter(self.merge(x))
+        # In-place sums: interpolation and BDSA outputs are not saved for backward.
         inter = F.interpolate(inter, size=x.shape[2:], mode="trilinear", align_corners=True)
-        x1 = self.act_inter(instance_norm(inter + x))
-        return self.act_intra(instance_norm(self.intra(x1) + x1))
+        x1 = self.act_inter(instance_norm(inter.add_(x)))
+        return self.act_intra(instance_norm(self.intra(x1).add_(x1)))

@@ -27,16 +27,18 @@ class _InstanceNorm(torch.autograd.Function):
     ``F.instance_norm`` turns channels-last input contiguous (so every following
     convolution reorders it back) and saves its input for backward; the channels-last CPU
     group norm keeps the format but loses about 1e-4 to cancellation when the mean is
-    large. This uses Welford statistics (``var_mean``) and the output-only backward
+    large. This uses two-pass statistics (mean, then the mean square of the centred
+    input; about 2x faster than ``var_mean``'s Welford pass) and the output-only backward
     ``dx = rstd · (dy − mean(dy) − y · mean(dy · y))``, so the saved tensor is the one the
     following PReLU saves anyway.
     """
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, eps: float) -> Tensor:
-        var, mean = torch.var_mean(x, dim=(2, 3, 4), keepdim=True, correction=0)
-        rstd = torch.rsqrt(var + eps)
-        y = (x - mean).mul_(rstd)
+        dims = (2, 3, 4)
+        centred = x - x.mean(dim=dims, keepdim=True)
+        rstd = torch.rsqrt(centred.square().mean(dim=dims, keepdim=True) + eps)
+        y = centred.mul_(rstd)
         ctx.save_for_backward(y, rstd)
         return y
 
@@ -102,7 +104,7 @@ class FirstResBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, in_channels, X, Y, Z)`` → ``(B, out_channels, X, Y, Z)``."""
         hidden = self.drop(self.act(instance_norm(self.conv1(x))))
-        return self.conv2(hidden) + self.skip(x)
+        return self.conv2(hidden).add_(self.skip(x))  # in place: conv outputs are not saved for backward
 
 
 class PreActResBlock(nn.Module):
@@ -139,7 +141,7 @@ class PreActResBlock(nn.Module):
         normed = instance_norm(x)
         hidden = self.drop(self.conv1(self.act_in(normed)))
         hidden = self.conv2(self.act_mid(instance_norm(hidden)))
-        return hidden + self.skip(self.act_skip(normed))
+        return hidden.add_(self.skip(self.act_skip(normed)))  # in place: conv outputs are not saved
 
 
 class SegmentationHead(nn.Module):

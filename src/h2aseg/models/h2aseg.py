@@ -56,6 +56,8 @@ class H2ASeg(nn.Module):
             ``"sigmoid"`` (paper text, one channel, BCE + Dice).
         attention_dropout: dropout on attention weights and outputs; ``None`` = ``dropout``.
         attention_impl: ``"sdpa"`` (fused kernels) or ``"naive"`` (explicit softmax).
+        checkpoint_attention: recompute attention maps in backward instead of storing them
+            (CPU training with attention dropout: less memory, somewhat more time).
 
     Example:
         >>> model = H2ASeg(channels=(2, 4, 8, 16, 32)).eval()
@@ -75,6 +77,7 @@ class H2ASeg(nn.Module):
         output_activation: OutputActivation = "softmax",
         attention_dropout: float | None = None,
         attention_impl: AttentionImpl = "sdpa",
+        checkpoint_attention: bool = False,
     ) -> None:
         super().__init__()
         channels = tuple(int(c) for c in channels)
@@ -92,12 +95,11 @@ class H2ASeg(nn.Module):
         self.encoder = _dual_encoder(channels, dropout)
         self.interaction = nn.ModuleList()
         if use_mcsa:
+            options = (bdsa_fusion, attention_impl, checkpoint_attention)
             self.interaction.extend(
-                MCSA(c, window_size, attention_dropout, 4, bdsa_fusion, attention_impl) for c in channels[1:3]
+                MCSA(c, window_size, attention_dropout, 4, *options) for c in channels[1:3]
             )
-            self.interaction.extend(
-                BDSA(c, 1, None, attention_dropout, True, bdsa_fusion, attention_impl) for c in channels[3:]
-            )
+            self.interaction.extend(BDSA(c, 1, None, attention_dropout, True, *options) for c in channels[3:])
         self.tamw = nn.ModuleList(
             TAMW(channels[k], 2 * channels[k + 1], output_activation) for k in range(N_LEVELS - 1) if use_tamw
         )
