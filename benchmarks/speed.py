@@ -20,7 +20,8 @@ def main() -> None:
     parser.add_argument("--volume-models", nargs="*", default=None, help="default: h2aseg, h2aseg-baseline")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtypes", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed training steps")
+    parser.add_argument("--volume-repeats", type=int, default=1, help="timed whole-volume predictions")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -31,6 +32,7 @@ def main() -> None:
         device=args.device,
         dtypes=tuple(args.dtypes),
         repeats=args.repeats,
+        volume_repeats=args.volume_repeats,
         volume_models=args.volume_models,
         threads=args.threads,
     )
