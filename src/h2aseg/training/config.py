@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,15 +183,20 @@ def save_config(config: Mapping[str, Any], path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(to_plain(config), sort_keys=False, default_flow_style=None)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    temporary = sibling_temporary(path)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return path
+
+
+def sibling_temporary(path: Path) -> Path:
+    """A unique temporary name in the folder of ``path`` (created with the usual umask permissions,
+    unlike ``tempfile.mkstemp``'s owner-only files), for write-then-rename."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 def to_plain(value: Any) -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from h2aseg.training.config import CONFIG_FILENAME, resolve_config, save_config
+from h2aseg.training.config import CONFIG_FILENAME, resolve_config, save_config, sibling_temporary
 from h2aseg.training.datamodule import PETCTDataModule
 from h2aseg.training.module import SegmentationModule
 
@@ -51,13 +50,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        temporary = sibling_temporary(path)
         try:
-            with os.fdopen(handle, "wb") as stream:
+            with temporary.open("wb") as stream:
                 torch.save(checkpoint, stream)
             os.replace(temporary, path)
         except BaseException:
-            Path(temporary).unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
             raise
 
 
