@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from h2aseg.models import build_model
 from h2aseg.models.attention import BDSA, window_partition, window_reverse
-from h2aseg.models.blocks import instance_norm
+from h2aseg.models.blocks import GroupPReLU, instance_norm, prelu_conv
 from h2aseg.models.h2aseg import H2ASeg
 from h2aseg.models.tamw import TAMW
 
@@ -179,6 +179,50 @@ def test_tamw_sigmoid_uses_one_minus_sigmoid_as_background() -> None:
     torch.testing.assert_close(tamw(enc, f, logit), expected)
 
 
+def test_tamw_paper_mask_weights_the_whole_concatenation() -> None:
+    torch.manual_seed(0)
+    tamw = TAMW(3, 4, mask="all")
+    features = torch.randn(2, 10, 4, 4, 2)
+    logits = torch.randn(2, 2, 2, 2, 1)
+    p = torch.softmax(F.interpolate(logits, scale_factor=2, mode="trilinear", align_corners=True), dim=1)
+
+    def weighted(mlp: torch.nn.Module, masked: torch.Tensor) -> torch.Tensor:
+        return masked * mlp(masked.mean(dim=(2, 3, 4)))[:, :, None, None, None]
+
+    expected = features + weighted(tamw.fore, features * p[:, 1:]) - weighted(tamw.back, features * p[:, :1])
+    torch.testing.assert_close(tamw(features[:, :6], features[:, 6:], logits), expected)
+
+
+def test_paper_window_merge_pools_whole_windows() -> None:
+    model = tiny_model(window_merge="window")
+    assert model.interaction[0].merge.kernel_size == (8, 8, 4)
+    assert model.interaction[0].merge.stride == (8, 8, 4)
+    with torch.no_grad():
+        assert model.eval()(inputs(*SIZE)).shape == (1, 2, *SIZE)
+
+
+def test_prelu_conv_recomputes_the_activation_with_identical_gradients() -> None:
+    torch.manual_seed(0)
+    act, conv = GroupPReLU(3, groups=2), torch.nn.Conv3d(6, 4, 3, padding=1, groups=2)
+    with torch.no_grad():
+        act.weight.copy_(torch.tensor([0.1, 0.4]))
+    x = torch.randn(2, 6, 5, 4, 3, requires_grad=True)
+    params = [x, act.weight, conv.weight, conv.bias]
+    out = prelu_conv(x, act, conv)
+    grad = torch.randn_like(out)
+    fused = torch.autograd.grad(out, params, grad)
+    plain = torch.autograd.grad(conv(act(x)), params, grad)
+    for ours, reference in zip(fused, plain, strict=True):
+        torch.testing.assert_close(ours, reference)
+
+    source = x.detach() * 1.0
+    out = prelu_conv(source.requires_grad_(), act, conv)
+    with torch.no_grad():
+        source.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        out.sum().backward()
+
+
 def test_instance_norm_matches_pytorch_and_keeps_channels_last() -> None:
     x = (torch.randn(2, 3, 6, 5, 4, dtype=torch.float64) * 0.5 + 3.0).requires_grad_()
     assert torch.autograd.gradcheck(instance_norm, (x,))
@@ -227,10 +271,12 @@ def test_bad_input_is_a_value_error(bad: torch.Tensor, message: str) -> None:
     [
         ({"channels": (2, 4, 8)}, "5 positive integers"),
         ({"window_size": (8, 8)}, "3 positive integers"),
-        ({"output_activation": "relu"}, "softmax"),
+        ({"output_activation": "relu"}, "output_activation must be one of 'softmax', 'sigmoid'"),
         ({"out_channels": 1}, "out_channels >= 2"),
-        ({"bdsa_fusion": "sum"}, "fusion"),
+        ({"bdsa_fusion": "sum", "use_mcsa": False}, "bdsa_fusion"),
         ({"attention_impl": "flash"}, "attention_impl"),
+        ({"window_merge": "mean"}, "window_merge"),
+        ({"tamw_mask": "decoder", "use_tamw": False}, "tamw_mask"),
     ],
 )
 def test_bad_arguments_are_value_errors(kwargs: dict[str, object], message: str) -> None:

@@ -35,6 +35,7 @@ from h2aseg.models.blocks import GroupPReLU, instance_norm
 
 AttentionImpl = Literal["sdpa", "naive"]
 BDSAFusion = Literal["mean", "concat"]
+WindowMerge = Literal["min", "window"]
 
 # (target modality, kind) of each head; kind 0 = target→target, 1 = source→target.
 _HEADS = ((0, 0), (0, 1), (1, 0), (1, 1))
@@ -209,7 +210,16 @@ class BDSA(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         if self.checkpoint_attention and dropout_p > 0 and torch.is_grad_enabled():
             # Recomputed in backward (same dropout mask: the RNG state is restored).
-            heads = checkpoint(attend, q, k, v, d**-0.5, dropout_p, self.attention_impl, use_reentrant=False)
+            heads = checkpoint(
+                attend,
+                q,
+                k,
+                v,
+                d**-0.5,
+                dropout_p,
+                self.attention_impl,
+                use_reentrant=False,
+            )
         else:
             heads = attend(q, k, v, d**-0.5, dropout_p, self.attention_impl)
         heads = heads.transpose(1, 2).reshape(n_windows, n_tokens, 4 * c)
@@ -222,10 +232,11 @@ class BDSA(nn.Module):
 
 
 class MCSA(nn.Module):
-    """Multi-modal cross-window spatial attention (official-code version).
+    """Modality-cooperative spatial attention (H2ASeg, Lu et al., MICCAI 2024).
 
     1. Window merge: a strided convolution per modality with kernel = stride = the
-       smallest window side (the official code; the paper pools whole windows).
+       smallest window side on every axis (official code, ``merge="min"``) or the window
+       (paper text, ``merge="window"``: one token per window).
     2. Inter-window BDSA on the merged maps, trilinear up-sampling back,
        ``x1 = PReLU(IN(up + x))``.
     3. Intra-window BDSA on non-overlapping windows of ``x1``,
@@ -240,6 +251,7 @@ class MCSA(nn.Module):
         fusion: BDSA fusion, ``"mean"`` or ``"concat"``.
         attention_impl: ``"sdpa"`` or ``"naive"``.
         checkpoint_attention: see :class:`BDSA`.
+        merge: window merge, ``"min"`` or ``"window"`` (see above).
     """
 
     def __init__(
@@ -251,10 +263,13 @@ class MCSA(nn.Module):
         fusion: BDSAFusion = "mean",
         attention_impl: AttentionImpl = "sdpa",
         checkpoint_attention: bool = False,
+        merge: WindowMerge = "min",
     ) -> None:
         super().__init__()
-        merge = min(window)
-        self.merge = nn.Conv3d(2 * channels, 2 * channels, merge, stride=merge, groups=2)
+        if merge not in ("min", "window"):
+            raise ValueError(f"MCSA merge must be 'min' or 'window', got {merge!r}")
+        kernel = (min(window),) * 3 if merge == "min" else tuple(window)
+        self.merge = nn.Conv3d(2 * channels, 2 * channels, kernel, stride=kernel, groups=2)
         options = (dropout, False, fusion, attention_impl, checkpoint_attention)
         self.inter = BDSA(channels, channel_scale, None, *options)
         self.act_inter = GroupPReLU(channels)

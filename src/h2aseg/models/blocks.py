@@ -76,11 +76,47 @@ class GroupPReLU(nn.Module):
         self.channels_per_group = channels_per_group
         self.weight = nn.Parameter(torch.full((groups,), init))
 
+    def slopes(self) -> Tensor:
+        """The slope of every channel, ``(groups * channels_per_group,)``, or ``(1,)`` for one group."""
+        if self.weight.numel() == 1:
+            return self.weight
+        return self.weight.repeat_interleave(self.channels_per_group)
+
     def forward(self, x: Tensor) -> Tensor:
         """Apply the group slopes to ``x`` of shape ``(B, groups * channels_per_group, ...)``."""
-        if self.weight.numel() == 1:
-            return F.prelu(x, self.weight)
-        return F.prelu(x, self.weight.repeat_interleave(self.channels_per_group))
+        return F.prelu(x, self.slopes())
+
+
+def prelu_conv(x: Tensor, act: GroupPReLU, conv: nn.Conv3d) -> Tensor:
+    """``conv(act(x))`` whose backward recomputes ``act(x)`` instead of storing it.
+
+    A convolution stores its input for the weight gradient, and the PReLU before it stores
+    ``x``; recomputing the activation from ``x`` in backward (one elementwise pass) keeps
+    one full-size tensor per convolution instead of two. Autograd's own convolution
+    backward runs unchanged; only what its saved input is kept as differs
+    (``torch.autograd.graph.saved_tensors_hooks``).
+    """
+    slopes = act.slopes()
+    if not torch.is_grad_enabled():
+        return conv(F.prelu(x, slopes))
+    source, source_slopes, version = x.detach(), slopes.detach(), x._version
+    marker = object()
+    pending = [F.prelu(x, slopes)]  # emptied after packing: autograd keeps the hooks alive
+
+    def pack(tensor: Tensor) -> object:
+        return marker if pending and tensor is pending[0] else tensor
+
+    def unpack(packed: object) -> Tensor:
+        if packed is not marker:
+            return packed
+        if source._version != version:
+            raise RuntimeError("the input of a PReLU → Conv pair was modified in place before backward")
+        return F.prelu(source, source_slopes)
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        out = conv(pending[0])
+    pending.clear()
+    return out
 
 
 class FirstResBlock(nn.Module):
@@ -139,9 +175,9 @@ class PreActResBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, in_channels, X, Y, Z)`` → ``(B, out_channels, ⌈X/s⌉, ⌈Y/s⌉, ⌈Z/s⌉)``."""
         normed = instance_norm(x)
-        hidden = self.drop(self.conv1(self.act_in(normed)))
-        hidden = self.conv2(self.act_mid(instance_norm(hidden)))
-        return hidden.add_(self.skip(self.act_skip(normed)))  # in place: conv outputs are not saved
+        hidden = self.drop(prelu_conv(normed, self.act_in, self.conv1))
+        hidden = prelu_conv(instance_norm(hidden), self.act_mid, self.conv2)
+        return hidden.add_(prelu_conv(normed, self.act_skip, self.skip))  # in place: not saved for backward
 
 
 class SegmentationHead(nn.Module):
@@ -159,4 +195,4 @@ class SegmentationHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, in_channels, X, Y, Z)`` → logits ``(B, out_channels, X, Y, Z)``."""
-        return self.conv(self.act(instance_norm(x)))
+        return prelu_conv(instance_norm(x), self.act, self.conv)

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from h2aseg.models._checks import validate_input
-from h2aseg.models.attention import BDSA, MCSA, AttentionImpl, BDSAFusion
+from h2aseg.models.attention import BDSA, MCSA, AttentionImpl, BDSAFusion, WindowMerge
 from h2aseg.models.blocks import FirstResBlock, PreActResBlock, SegmentationHead
 from h2aseg.models.registry import register_model
-from h2aseg.models.tamw import TAMW
+from h2aseg.models.tamw import TAMW, TAMWMask
 
 OutputActivation = Literal["softmax", "sigmoid"]
 N_LEVELS = 5
@@ -46,7 +46,7 @@ class H2ASeg(nn.Module):
     Args:
         out_channels: logit channels; ``None`` means 2 for softmax, 1 for sigmoid.
         channels: features per modality at each of the five levels.
-        window: MCSA window ``(wx, wy, wz)`` in voxels of the level-2/3 feature maps.
+        window_size: MCSA window ``(wx, wy, wz)`` in voxels of the level-2/3 feature maps.
         dropout: ``Dropout3d`` probability in encoder and decoder blocks.
         use_mcsa: keep the cross-modal attention (MCSA at levels 2–3 and the global BDSA
             at levels 4–5); without it the two encoders never interact.
@@ -57,7 +57,11 @@ class H2ASeg(nn.Module):
         attention_dropout: dropout on attention weights and outputs; ``None`` = ``dropout``.
         attention_impl: ``"sdpa"`` (fused kernels) or ``"naive"`` (explicit softmax).
         checkpoint_attention: recompute attention maps in backward instead of storing them
-            (CPU training with attention dropout: less memory, somewhat more time).
+            (CPU training with attention dropout: less memory, more time).
+        window_merge: MCSA window merge, ``"min"`` (official code: kernel = stride =
+            ``min(window_size)`` on every axis) or ``"window"`` (paper: one token per window).
+        tamw_mask: what TAMW masks with the coarse prediction, ``"encoder"`` (official code:
+            CT and PET features) or ``"all"`` (paper: also the decoder feature).
 
     Example:
         >>> model = H2ASeg(channels=(2, 4, 8, 16, 32)).eval()
@@ -78,18 +82,27 @@ class H2ASeg(nn.Module):
         attention_dropout: float | None = None,
         attention_impl: AttentionImpl = "sdpa",
         checkpoint_attention: bool = False,
+        window_merge: WindowMerge = "min",
+        tamw_mask: TAMWMask = "encoder",
     ) -> None:
         super().__init__()
         channels = tuple(int(c) for c in channels)
         window_size = tuple(int(w) for w in window_size)
-        out_channels = _check_arguments(out_channels, channels, window_size, output_activation)
+        choices = {
+            "output_activation": (output_activation, ("softmax", "sigmoid")),
+            "bdsa_fusion": (bdsa_fusion, ("mean", "concat")),
+            "attention_impl": (attention_impl, ("sdpa", "naive")),
+            "window_merge": (window_merge, ("min", "window")),
+            "tamw_mask": (tamw_mask, ("encoder", "all")),
+        }
+        out_channels = _check_arguments(out_channels, channels, window_size, output_activation, choices)
         self.out_channels = out_channels
         self.output_activation = output_activation
         self.channels = channels
         self.window_size = window_size
         self.use_mcsa = use_mcsa
         self.use_tamw = use_tamw
-        self.size_multiple = _size_multiple(window_size, use_mcsa)
+        self.size_multiple = _size_multiple(window_size, use_mcsa, window_merge)
         attention_dropout = dropout if attention_dropout is None else attention_dropout
 
         self.encoder = _dual_encoder(channels, dropout)
@@ -97,11 +110,13 @@ class H2ASeg(nn.Module):
         if use_mcsa:
             options = (bdsa_fusion, attention_impl, checkpoint_attention)
             self.interaction.extend(
-                MCSA(c, window_size, attention_dropout, 4, *options) for c in channels[1:3]
+                MCSA(c, window_size, attention_dropout, 4, *options, window_merge) for c in channels[1:3]
             )
             self.interaction.extend(BDSA(c, 1, None, attention_dropout, True, *options) for c in channels[3:])
         self.tamw = nn.ModuleList(
-            TAMW(channels[k], 2 * channels[k + 1], output_activation) for k in range(N_LEVELS - 1) if use_tamw
+            TAMW(channels[k], 2 * channels[k + 1], output_activation, tamw_mask)
+            for k in range(N_LEVELS - 1)
+            if use_tamw
         )
         self.decoder = nn.ModuleList(
             PreActResBlock(2 * channels[k] + 2 * channels[k + 1], 2 * channels[k], 1, dropout)
@@ -121,8 +136,9 @@ class H2ASeg(nn.Module):
         input size, as the official code does to the input size, then cropped.
         """
         padded, crop = self._pad(x)
+        size = padded.shape[2:]
         logits = self._decode(self._encode(padded), all_heads=True)
-        return [_upsample(level, padded.shape[2:])[crop].contiguous() for level in logits]
+        return [(y if y.shape[2:] == size else _upsample(y, size))[crop].contiguous() for y in logits]
 
     def encode(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Encoder features after the interaction modules, levels 1–5 as ``(ct, pet)`` pairs.
@@ -147,7 +163,11 @@ class H2ASeg(nn.Module):
             *(slice(e // 2, e // 2 + s) for e, s in zip(extra, sizes, strict=True)),
         )
         if any(extra):
-            x = F.pad(x, [p for e in reversed(extra) for p in (e // 2, e - e // 2)], mode="replicate")
+            x = F.pad(
+                x,
+                [p for e in reversed(extra) for p in (e // 2, e - e // 2)],
+                mode="replicate",
+            )
         return x.contiguous(memory_format=torch.channels_last_3d), crop
 
     def _encode(self, x: Tensor) -> list[Tensor]:
@@ -184,10 +204,15 @@ def _check_arguments(
     channels: tuple[int, ...],
     window: tuple[int, ...],
     output_activation: str,
+    choices: dict[str, tuple[str, tuple[str, ...]]],
 ) -> int:
-    """Validate constructor arguments; return the resolved ``out_channels``."""
-    if output_activation not in ("softmax", "sigmoid"):
-        raise ValueError(f"output_activation must be 'softmax' or 'sigmoid', got {output_activation!r}")
+    """Validate constructor arguments; return the resolved ``out_channels``.
+
+    ``choices`` maps an argument name to its value and the values it accepts.
+    """
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
     if out_channels is None:
         out_channels = 1 if output_activation == "sigmoid" else 2
     if output_activation == "sigmoid" and out_channels != 1:
@@ -201,13 +226,13 @@ def _check_arguments(
     return out_channels
 
 
-def _size_multiple(window: tuple[int, int, int], use_mcsa: bool) -> tuple[int, int, int]:
-    """Per-axis size the input must divide: four stride-2 levels and, with MCSA, the windows
-    and the window merge at levels 2 (1/2) and 3 (1/4)."""
+def _size_multiple(window: tuple[int, int, int], use_mcsa: bool, merge: str) -> tuple[int, int, int]:
+    """Per-axis size the input must be a multiple of: four stride-2 levels and, with MCSA,
+    the window and the window-merge stride at levels 2 (1/2) and 3 (1/4)."""
     if not use_mcsa:
         return (16, 16, 16)
-    merge = min(window)
-    return tuple(math.lcm(16, 4 * w, 4 * merge) for w in window)
+    strides = (min(window),) * 3 if merge == "min" else window
+    return tuple(math.lcm(16, 4 * w, 4 * s) for w, s in zip(window, strides, strict=True))
 
 
 def _dual_encoder(channels: tuple[int, ...], dropout: float) -> nn.ModuleList:

@@ -38,6 +38,9 @@ class ChannelWeighting(nn.Module):
         return torch.tanh(self.fc2(torch.tanh(self.fc1(pooled))))
 
 
+TAMWMask = Literal["encoder", "all"]
+
+
 class TAMW(nn.Module):
     """Target-aware multi-modal weighting (H2ASeg, Lu et al., MICCAI 2024).
 
@@ -51,6 +54,9 @@ class TAMW(nn.Module):
         output_activation: how the coarse logits become probabilities: ``"softmax"``
             (foreground = all classes but 0, background = class 0) or ``"sigmoid"`` (one
             channel; foreground = σ(p), background = 1 − σ(p)).
+        mask: which features the probabilities mask: ``"encoder"`` (official code: CT and
+            PET; the decoder feature enters both triples unmasked) or ``"all"`` (paper,
+            Eq. 2: the whole concatenation).
 
     Example:
         >>> tamw = TAMW(8, 32)
@@ -64,10 +70,14 @@ class TAMW(nn.Module):
         encoder_channels: int,
         decoder_channels: int,
         output_activation: Literal["softmax", "sigmoid"] = "softmax",
+        mask: TAMWMask = "encoder",
     ) -> None:
         super().__init__()
+        if mask not in ("encoder", "all"):
+            raise ValueError(f"TAMW mask must be 'encoder' or 'all', got {mask!r}")
         self.encoder_channels = encoder_channels
         self.output_activation = output_activation
+        self.mask = mask
         pooled = 2 * encoder_channels + decoder_channels
         self.fore = ChannelWeighting(pooled)
         self.back = ChannelWeighting(pooled)
@@ -94,17 +104,25 @@ class TAMW(nn.Module):
         Returns:
             ``(B, 2C + F, X, Y, Z)``: ``cat(ct, pet, f) + cat(fore) − cat(back)``.
         """
-        b, c2 = encoder.shape[:2]
+        masked = encoder if self.mask == "encoder" else torch.cat((encoder, f), dim=1)
+        b, n_masked = masked.shape[:2]
         probs = self._probabilities(coarse_logits, encoder.shape[2:])  # (B, 2, N): background, foreground
-        # Means of enc·p_bg and enc·p_fg per channel, without building the masked maps.
-        masked_means = torch.bmm(encoder.flatten(2), probs.transpose(1, 2)) / probs.shape[-1]  # (B, 2C, 2)
-        f_means = f.mean(dim=(2, 3, 4))
-        w_fore = self.fore(torch.cat((masked_means[..., 1], f_means), dim=1))
-        w_back = self.back(torch.cat((masked_means[..., 0], f_means), dim=1))
-        # enc · (1 − w_bg·p_bg + w_fg·p_fg): a rank-2 product, built voxel-major (channels last).
-        coefficients = torch.stack((-w_back[:, :c2], w_fore[:, :c2]), dim=1)  # (B, 2, 2C)
+        # Channel means of x·p_bg and x·p_fg without building the masked maps.
+        means = torch.bmm(masked.flatten(2), probs.transpose(1, 2)) / probs.shape[-1]  # (B, n_masked, 2)
+        back_means, fore_means = means[..., 0], means[..., 1]
+        if self.mask == "encoder":
+            f_means = f.mean(dim=(2, 3, 4))
+            back_means, fore_means = (
+                torch.cat((back_means, f_means), 1),
+                torch.cat((fore_means, f_means), 1),
+            )
+        w_fore, w_back = self.fore(fore_means), self.back(back_means)
+        # x · (1 − w_bg·p_bg + w_fg·p_fg): a rank-2 product, built voxel-major (channels last).
+        coefficients = torch.stack((-w_back[:, :n_masked], w_fore[:, :n_masked]), dim=1)  # (B, 2, n_masked)
         ones = torch.ones(1, 1, 1, dtype=probs.dtype, device=probs.device)
-        factor = torch.baddbmm(ones, probs.transpose(1, 2), coefficients)  # (B, N, 2C)
-        factor = factor.view(b, *encoder.shape[2:], c2).permute(0, 4, 1, 2, 3)
-        f_scale = (1.0 + w_fore[:, c2:] - w_back[:, c2:])[:, :, None, None, None]
-        return torch.cat((encoder * factor, f * f_scale), dim=1)
+        factor = torch.baddbmm(ones, probs.transpose(1, 2), coefficients)  # (B, N, n_masked)
+        weighted = masked * factor.view(b, *masked.shape[2:], n_masked).permute(0, 4, 1, 2, 3)
+        if self.mask == "all":
+            return weighted
+        f_scale = (1.0 + w_fore[:, n_masked:] - w_back[:, n_masked:])[:, :, None, None, None]
+        return torch.cat((weighted, f * f_scale), dim=1)
