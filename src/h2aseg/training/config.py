@@ -55,7 +55,10 @@ SCHEMA: dict[str, Any] = {
         "cache_dir": Field(_STR + _NONE, None),
         "num_workers": Field(_INT, 0),
     },
-    "loss": {"deep_supervision_weights": Field((list, type(None)), [5, 4, 3, 2, 1])},
+    "loss": {
+        "deep_supervision_weights": Field((list, type(None)), [5, 4, 3, 2, 1]),
+        "batch_dice": Field((bool,), False),
+    },
     "optim": {
         "lr": Field(_FLOAT, 1.0e-4),
         "weight_decay": Field(_FLOAT, 1.0e-5),

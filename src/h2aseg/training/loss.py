@@ -25,7 +25,9 @@ OutputActivation = Literal["softmax", "sigmoid"]
 H2ASEG_WEIGHTS = (5.0, 4.0, 3.0, 2.0, 1.0)
 
 
-def segmentation_loss(output_activation: OutputActivation = "softmax") -> DiceCELoss:
+def segmentation_loss(
+    output_activation: OutputActivation = "softmax", batch_dice: bool = False
+) -> DiceCELoss:
     """Cross-entropy + soft Dice on logits, background included (the authors' per-output term).
 
     Args:
@@ -37,9 +39,9 @@ def segmentation_loss(output_activation: OutputActivation = "softmax") -> DiceCE
         A loss module returning a scalar.
     """
     if output_activation == "softmax":
-        return DiceCELoss(include_background=True, to_onehot_y=True, softmax=True)
+        return DiceCELoss(include_background=True, to_onehot_y=True, softmax=True, batch=batch_dice)
     if output_activation == "sigmoid":
-        return DiceCELoss(include_background=True, to_onehot_y=False, sigmoid=True)
+        return DiceCELoss(include_background=True, to_onehot_y=False, sigmoid=True, batch=batch_dice)
     raise ValueError(f"output_activation must be 'softmax' or 'sigmoid', got {output_activation!r}")
 
 
@@ -61,6 +63,7 @@ class DeepSupervisionLoss(nn.Module):
             (1, 0.5, 0.25, ..., floor 1/16: nnU-Net's convention, for DynUNet).
         output_activation: ``"softmax"`` (CE + Dice) or ``"sigmoid"`` (BCE + Dice), see
             :func:`segmentation_loss`.
+        batch_dice: Dice over the whole batch instead of per sample, see :func:`segmentation_loss`.
 
     Example:
         >>> loss = DeepSupervisionLoss()
@@ -72,13 +75,14 @@ class DeepSupervisionLoss(nn.Module):
         self,
         weights: Sequence[float] | None = H2ASEG_WEIGHTS,
         output_activation: OutputActivation = "softmax",
+        batch_dice: bool = False,
     ) -> None:
         super().__init__()
         if weights is not None and (len(weights) == 0 or any(weight < 0 for weight in weights)):
             raise ValueError(f"weights must be a non-empty list of non-negative numbers, got {weights}")
         self.weights = None if weights is None else [float(weight) for weight in weights]
         self.output_activation = output_activation
-        self.per_output_loss = segmentation_loss(output_activation)
+        self.per_output_loss = segmentation_loss(output_activation, batch_dice)
         self.weighted_sum = MonaiDeepSupervisionLoss(
             self.per_output_loss, weight_mode="exp", weights=self.weights
         )

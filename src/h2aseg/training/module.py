@@ -72,7 +72,11 @@ class SegmentationModule(lightning.LightningModule):
         self.model = build_network(self.config)
         self.deep_supervision = hasattr(self.model, "forward_deep")
         weights = self.config["loss"]["deep_supervision_weights"] if self.deep_supervision else None
-        self.loss = DeepSupervisionLoss(weights, output_activation=self.model.output_activation)
+        self.loss = DeepSupervisionLoss(
+            weights,
+            output_activation=self.model.output_activation,
+            batch_dice=self.config["loss"]["batch_dice"],
+        )
         self.n_classes = len(self.config["classes"])
         self.binary_target = self.config["data"]["target"] == "binary"
         self.dice_metric = DiceMetric(
