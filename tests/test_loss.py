@@ -32,6 +32,20 @@ def _reference(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return cross_entropy + dice_loss.mean()
 
 
+def test_batch_dice_pools_the_batch_before_the_ratio() -> None:
+    torch.manual_seed(3)
+    label = _label(seed=6)
+    logits = torch.randn(2, 2, 6, 5, 4)
+    as_one_sample = (
+        logits.movedim(0, 1).reshape(1, 2, 12, 5, 4),
+        label.movedim(0, 1).reshape(1, 1, 12, 5, 4),
+    )
+    expected = _reference(*as_one_sample)
+    assert segmentation_loss(batch_dice=True)(logits, label).item() == pytest.approx(
+        expected.item(), rel=1e-5
+    )
+
+
 def test_perfect_prediction_gives_zero_loss() -> None:
     label = _label()
     logits = torch.cat([1 - label, label], dim=1) * 40.0 - 20.0
