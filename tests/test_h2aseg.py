@@ -129,6 +129,22 @@ def test_bdsa_sdpa_and_naive_gradients_agree() -> None:
         torch.testing.assert_close(sdpa, naive, atol=1e-4, rtol=1e-4)
 
 
+def test_checkpointed_attention_gives_the_same_dropout_and_gradients() -> None:
+    x = torch.randn(1, 16, 8, 8, 4, generator=torch.Generator().manual_seed(3))
+    results = []
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        bdsa = BDSA(
+            8, channel_scale=4, window=(4, 4, 2), dropout=0.5, checkpoint_attention=checkpointed
+        ).train()
+        torch.manual_seed(1)
+        out = bdsa(x)
+        out.square().sum().backward()
+        results.append([out.detach(), *(p.grad for p in bdsa.parameters())])
+    for plain, checkpointed in zip(*results, strict=True):
+        torch.testing.assert_close(plain, checkpointed)
+
+
 def test_bdsa_attends_each_window_alone() -> None:
     torch.manual_seed(0)
     bdsa = BDSA(4, channel_scale=2, window=(2, 2, 2)).eval()

@@ -208,20 +208,12 @@ class BDSA(nn.Module):
         k = k.unflatten(-1, (4, d)).transpose(1, 2)
         v = v.unflatten(-1, (4, c)).transpose(1, 2)
         dropout_p = self.dropout if self.training else 0.0
+        arguments = (q, k, v, d**-0.5, dropout_p, self.attention_impl)
         if self.checkpoint_attention and dropout_p > 0 and torch.is_grad_enabled():
-            # Recomputed in backward (same dropout mask: the RNG state is restored).
-            heads = checkpoint(
-                attend,
-                q,
-                k,
-                v,
-                d**-0.5,
-                dropout_p,
-                self.attention_impl,
-                use_reentrant=False,
-            )
+            # Recomputed in backward with the same dropout mask (the RNG state is restored).
+            heads = checkpoint(attend, *arguments, use_reentrant=False)
         else:
-            heads = attend(q, k, v, d**-0.5, dropout_p, self.attention_impl)
+            heads = attend(*arguments)
         heads = heads.transpose(1, 2).reshape(n_windows, n_tokens, 4 * c)
         if self.fusion == "mean":
             fused = window_reverse(torch.matmul(heads, self._output_projection()), window, (b, sx, sy, sz))
