@@ -231,6 +231,14 @@ def test_prelu_conv_recomputes_the_activation_with_identical_gradients() -> None
     for ours, reference in zip(fused, plain, strict=True):
         torch.testing.assert_close(ours, reference)
 
+    x_bf16 = x.detach().bfloat16().requires_grad_()  # as the output of an autocast layer
+    params = [x_bf16, act.weight, conv.weight, conv.bias]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = (prelu_conv(x_bf16, act, conv), conv(act(x_bf16)))
+    mixed, reference = (torch.autograd.grad(out.float().sum(), params) for out in outputs)  # outside autocast
+    for ours, expected in zip(mixed, reference, strict=True):
+        torch.testing.assert_close(ours, expected)
+
     source = x.detach() * 1.0
     out = prelu_conv(source.requires_grad_(), act, conv)
     with torch.no_grad():

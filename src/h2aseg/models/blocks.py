@@ -100,6 +100,8 @@ def prelu_conv(x: Tensor, act: GroupPReLU, conv: nn.Conv3d) -> Tensor:
     if not torch.is_grad_enabled():
         return conv(F.prelu(x, slopes))
     source, source_slopes, version = x.detach(), slopes.detach(), x._version
+    device = x.device.type
+    autocast = {"enabled": torch.is_autocast_enabled(device), "dtype": torch.get_autocast_dtype(device)}
     marker = object()
     pending = [F.prelu(x, slopes)]  # emptied after packing: autograd keeps the hooks alive
 
@@ -111,7 +113,8 @@ def prelu_conv(x: Tensor, act: GroupPReLU, conv: nn.Conv3d) -> Tensor:
             return packed
         if source._version != version:
             raise RuntimeError("the input of a PReLU → Conv pair was modified in place before backward")
-        return F.prelu(source, source_slopes)
+        with torch.autocast(device, **autocast):  # recompute under the forward's mixed precision
+            return F.prelu(source, source_slopes)
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         out = conv(pending[0])
