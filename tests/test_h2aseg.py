@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,15 +15,6 @@ from h2aseg.models.tamw import TAMW
 TINY = (2, 4, 8, 16, 32)
 SIZE = (32, 32, 16)
 VARIANTS = ("h2aseg", "h2aseg-baseline", "h2aseg-mcsa", "h2aseg-tamw")
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny volumes: one thread avoids OpenMP spin-waiting, which dominates on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_model(**kwargs: object) -> H2ASeg:

@@ -6,7 +6,6 @@ The fixtures were made by running the official code (GitHub ``JinPLu/H2ASeg``, c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,6 @@ TOLERANCE = 1e-4
 TINY_FIXTURE = Path(__file__).parent / "data" / "official-parity" / "h2aseg_official_tiny_32x32x16.pt"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_FIXTURE = SHARED_DATA / "official-parity" / "h2aseg_official_64x64x32.pt"
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small volumes: one thread avoids OpenMP spin-waiting on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def load_fixture(path: Path) -> dict:
