@@ -27,7 +27,7 @@ def test_speed_benchmark_quick(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_quality_benchmark_quick(tmp_path: Path) -> None:
+def test_quality_benchmark_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     plan = QualityPlan(models=["h2aseg"], seeds=[0], budget_minutes=0.02, n_cases=5)
     summaries = run_quality_benchmark(tmp_path / "results", quick=True, plan=plan, work_dir=tmp_path / "work")
     assert set(summaries) == {THRESHOLD_ROW, "h2aseg"}
@@ -35,3 +35,10 @@ def test_quality_benchmark_quick(tmp_path: Path) -> None:
     assert "| h2aseg |" in table and "SUV ≥ 2.5" in table
     threshold = summaries[THRESHOLD_ROW][0]
     assert 0.0 <= threshold["precision"]["mean"] <= 1.0
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an evaluated run was trained again")
+
+    monkeypatch.setattr("h2aseg.training.train.train", no_training)
+    again = run_quality_benchmark(tmp_path / "results", quick=True, plan=plan, work_dir=tmp_path / "work")
+    assert again["h2aseg"] == summaries["h2aseg"]

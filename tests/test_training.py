@@ -221,6 +221,33 @@ def test_data_module_batches_and_split(cohort: Path, tmp_path: Path) -> None:
     assert saved.train == data.split.train and saved.val == data.split.val
 
 
+def test_memory_cache_gives_the_same_patches_as_reading_files(cohort: Path, tmp_path: Path) -> None:
+    plain, cached = (
+        PETCTDataModule(resolve_config(_config_file(tmp_path, cohort), [f"data.cache_in_memory={flag}"]))
+        for flag in ("false", "true")
+    )
+    plain.setup("fit")
+    cached.setup("fit")
+    assert type(cached.train_dataset.dataset).__name__ == "CacheDataset"
+    for key in ((0, 0), (3, 1), (0, 0)):  # same (epoch, index), same patches; the cache is not mutated
+        for expected, got in zip(plain.train_dataset[key], cached.train_dataset[key], strict=True):
+            assert torch.equal(expected["image"], got["image"]) and torch.equal(expected["label"], got["label"])
+    assert torch.equal(plain.val_dataset[0]["image"], cached.val_dataset[0]["image"])
+
+
+def test_poly_schedule_follows_its_closed_form(cohort: Path, tmp_path: Path) -> None:
+    config = _config_file(tmp_path, cohort)
+    module = _module(config, "optim.schedule=poly", "optim.lr=0.002", "trainer.max_epochs=10")
+    optimisers = module.configure_optimizers()
+    adam, scheduler = optimisers["optimizer"], optimisers["lr_scheduler"]["scheduler"]
+    for epoch in range(1, 11):
+        adam.step()
+        scheduler.step()
+        assert adam.param_groups[0]["lr"] == pytest.approx(0.002 * (1 - epoch / 10) ** 0.9, abs=1e-12)
+    with pytest.raises(ValueError, match=r"optim\.schedule must be one of exponential, poly"):
+        resolve_config(config, ["optim.schedule=cosine"])
+
+
 def test_time_budget_stops_after_a_validated_step(cohort: Path, tmp_path: Path) -> None:
     config = _config_file(
         tmp_path, cohort, trainer={"max_epochs": 3, "val_every": 5, "max_time_minutes": 1e-6}

@@ -88,6 +88,9 @@ def run_quality_benchmark(
 ) -> dict:
     """Train, predict and evaluate every row of the plan; write the tables; return all summaries.
 
+    The tables are rewritten after every run, and a run whose ``evaluation/summary.json`` exists in
+    ``work_dir`` is kept rather than retrained, so an interrupted benchmark continues where it stopped.
+
     Args:
         out_dir: results folder (``quality{_quick}.json`` and ``.md``).
         quick: use the quick plan when ``plan`` is not given.
@@ -122,7 +125,12 @@ def run_quality_benchmark(
     config_path = phantom_config_path()
     for name in plan.models:
         for seed in plan.seeds:
-            run_dir = work_dir / name / f"seed{seed}"
+            run_dir = work_dir / name / f"seed{seed}_{plan.budget_minutes:g}min"
+            finished = run_dir / "evaluation" / "summary.json"
+            if finished.is_file():
+                logger.info("%s seed %d: already evaluated in %s, kept", name, seed, finished)
+                summaries.setdefault(name, []).append(json.loads(finished.read_text()))
+                continue
             overrides = [
                 *_model_overrides(name, config_path),
                 f"data.root={data_dir}",
@@ -141,6 +149,7 @@ def run_quality_benchmark(
             summaries.setdefault(name, []).append(
                 evaluate_folder(prediction_dir, truth_dir, run_dir / "evaluation")
             )
+            write_tables(summaries, plan, Path(out_dir), quick, n_test=len(test_cases))
     write_tables(summaries, plan, Path(out_dir), quick, n_test=len(test_cases))
     return summaries
 

@@ -28,7 +28,7 @@ import monai
 import numpy as np
 import torch
 from monai import transforms as mt
-from monai.data import Dataset, MetaTensor, PersistentDataset
+from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
 
 logger = logging.getLogger(__name__)
 
@@ -346,22 +346,31 @@ class _MetaPersistentDataset(PersistentDataset):
 
 
 def make_dataset(
-    items: Sequence[Mapping[str, Any]], transforms: mt.Compose, cache_dir: Path | str | None
+    items: Sequence[Mapping[str, Any]],
+    transforms: mt.Compose,
+    cache_dir: Path | str | None,
+    in_memory: bool = False,
 ) -> Dataset:
-    """Dataset of cases, with an on-disk cache of the deterministic part when ``cache_dir`` is set.
+    """Dataset of cases, with the deterministic part cached on disk (``cache_dir``) or in memory.
 
-    The cache lives in ``cache_dir / <hash>``, the hash covering the preprocessing settings and
-    the stage (train pads to the patch), so a changed config never reads stale files.
+    The disk cache lives in ``cache_dir / <hash>``, the hash covering the preprocessing settings and
+    the stage (train pads to the patch), so a changed config never reads stale files. The memory
+    cache (MONAI ``CacheDataset``, used when ``in_memory`` and no ``cache_dir``) preprocesses every
+    case once when built; it suits cohorts that fit in RAM (a 400 × 400 × 326 AutoPET case takes
+    about 0.4 GB, a 72 × 64 × 64 phantom 2.4 MB).
 
     Args:
         items: case dicts (``Case.as_dict()``).
         transforms: a pipeline from this module (any ``Compose`` works; then MONAI's hash of the
             transforms names the cache files instead).
-        cache_dir: cache root, or ``None`` for a plain ``monai.data.Dataset``.
+        cache_dir: disk cache root, or ``None``.
+        in_memory: keep the preprocessed cases in memory (ignored when ``cache_dir`` is set).
 
     Returns:
-        ``monai.data.Dataset`` or a ``PersistentDataset`` subclass.
+        ``monai.data.Dataset``, ``CacheDataset`` or a ``PersistentDataset`` subclass.
     """
+    if cache_dir is None and in_memory:
+        return CacheDataset(data=list(items), transform=transforms, num_workers=0, progress=False)
     if cache_dir is None:
         return Dataset(data=list(items), transform=transforms)
     key = getattr(transforms, "cache_key", None)

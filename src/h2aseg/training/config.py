@@ -53,6 +53,7 @@ SCHEMA: dict[str, Any] = {
         "n_folds": Field(_INT, 5),
         "target": Field(_STR, "binary"),
         "cache_dir": Field(_STR + _NONE, None),
+        "cache_in_memory": Field((bool,), False),
         "num_workers": Field(_INT, 0),
     },
     "loss": {
@@ -63,6 +64,7 @@ SCHEMA: dict[str, Any] = {
         "lr": Field(_FLOAT, 1.0e-4),
         "weight_decay": Field(_FLOAT, 1.0e-5),
         "lr_decay": Field(_FLOAT, 0.99),
+        "schedule": Field(_STR, "exponential"),
     },
     "trainer": {
         "max_epochs": Field(_INT, 200),
@@ -93,6 +95,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.target": ("binary", "multiclass"),
     "data.layout": ("auto", "autopet", "hecktor", "nnunet", "flat"),
     "inference.mode": ("gaussian", "constant"),
+    "optim.schedule": ("exponential", "poly"),
 }
 
 # Sections that a config file or an override replaces as a whole instead of merging into the default.

@@ -109,10 +109,13 @@ class PETCTDataModule(lightning.LightningDataModule):
             "%d training and %d validation cases from %s", len(train_items), len(val_items), data["root"]
         )
         preprocess = PreprocessConfig.from_dict(self.config["preprocess"])
-        cache_dir = None if data["cache_dir"] is None else Path(data["cache_dir"])
-        training = make_dataset(train_items, train_transforms(preprocess), cache_dir)
+        cache = {
+            "cache_dir": None if data["cache_dir"] is None else Path(data["cache_dir"]),
+            "in_memory": data["cache_in_memory"],
+        }
+        training = make_dataset(train_items, train_transforms(preprocess), **cache)
         self.train_dataset = EpochSeededDataset(training, seed=self.config["seed"])
-        self.val_dataset = make_dataset(val_items, val_transforms(preprocess), cache_dir)
+        self.val_dataset = make_dataset(val_items, val_transforms(preprocess), **cache)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled batches of patches, the same on every run with the same seed."""

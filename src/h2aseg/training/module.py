@@ -19,6 +19,9 @@ from h2aseg.training.loss import DeepSupervisionLoss
 
 logger = logging.getLogger(__name__)
 
+POLY_POWER = 0.9
+"""Exponent of the ``poly`` learning-rate schedule (nnU-Net's)."""
+
 
 def build_network(config: dict[str, Any]) -> torch.nn.Module:
     """Build ``config["model"]`` (``name`` plus keyword arguments of ``build_model``) and check its classes.
@@ -129,12 +132,19 @@ class SegmentationModule(lightning.LightningModule):
         self.log("val/dice", dice, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """Adam with weight decay and a learning rate multiplied by ``optim.lr_decay`` after every epoch."""
+        """Adam with weight decay; after every epoch the learning rate is multiplied by ``optim.lr_decay``
+        (``optim.schedule=exponential``, the paper) or set to ``lr · (1 - epoch / max_epochs)^0.9``
+        (``poly``, nnU-Net's schedule, which ends near zero at ``trainer.max_epochs``)."""
         optim = self.config["optim"]
         optimizer = torch.optim.Adam(
             self.model.parameters(), lr=optim["lr"], weight_decay=optim["weight_decay"]
         )
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=optim["lr_decay"])
+        if optim["schedule"] == "poly":
+            scheduler = torch.optim.lr_scheduler.PolynomialLR(
+                optimizer, total_iters=self.config["trainer"]["max_epochs"], power=POLY_POWER
+            )
+        else:
+            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=optim["lr_decay"])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def _image_and_label(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
