@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from lightning.pytorch.callbacks import Callback
 from monai.data import Dataset
 from monai.transforms import Compose, RandGaussianNoised
 from torch import nn
@@ -87,9 +88,10 @@ def _config_file(folder: Path, root: Path, **sections: dict[str, Any]) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two epochs in one go, and one epoch then a resumed second one, from the same config."""
+    """Two epochs in one go, and one epoch then a resumed second one, from the same config (with an
+    EMA of the weights, whose state must survive the resume too)."""
     folder = tmp_path_factory.mktemp("runs")
-    config = _config_file(folder, cohort)
+    config = _config_file(folder, cohort, trainer={"ema_decay": 0.9})
     straight = folder / "straight"
     split = folder / "interrupted"
     best = train(config, [f"output_dir={straight}", "trainer.max_epochs=2"])
@@ -107,6 +109,8 @@ def test_resume_repeats_an_uninterrupted_run(runs: dict[str, Path]) -> None:
     assert straight["state_dict"].keys() == resumed["state_dict"].keys()
     for name, weight in straight["state_dict"].items():
         assert torch.equal(weight, resumed["state_dict"][name]), name
+        assert torch.equal(straight["current_model_state"][name], resumed["current_model_state"][name]), name
+    assert not all(torch.equal(w, straight["current_model_state"][k]) for k, w in straight["state_dict"].items())
     assert straight["lr_schedulers"][0]["_last_lr"] == pytest.approx([1e-4 * 0.99**2])
 
 
@@ -246,6 +250,37 @@ def test_poly_schedule_follows_its_closed_form(cohort: Path, tmp_path: Path) -> 
         assert adam.param_groups[0]["lr"] == pytest.approx(0.002 * (1 - epoch / 10) ** 0.9, abs=1e-12)
     with pytest.raises(ValueError, match=r"optim\.schedule must be one of exponential, poly"):
         resolve_config(config, ["optim.schedule=cosine"])
+
+
+class _WeightRecorder(Callback):
+    """Records a copy of the network's weights after every optimiser step."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any, **kwargs: Any) -> None:
+        self.steps.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+
+
+def test_ema_checkpoint_holds_the_moving_average(cohort: Path, tmp_path: Path) -> None:
+    decay = 0.8
+    config = resolve_config(_config_file(tmp_path, cohort), [f"trainer.ema_decay={decay}"])
+    recorder = _WeightRecorder()
+    trainer = run_training(config, callbacks=[recorder])
+    assert len(recorder.steps) == 2
+    expected = {  # the first update copies the weights, then average = decay·average + (1 − decay)·weights
+        name: decay * first + (1 - decay) * recorder.steps[1][name] if first.is_floating_point() else first
+        for name, first in recorder.steps[0].items()
+    }
+    checkpoint = torch.load(Path(config["output_dir"]) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["state_dict"].keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(checkpoint["state_dict"][name], value, rtol=0, atol=1e-6)
+        assert torch.equal(checkpoint["current_model_state"][name], recorder.steps[1][name])
+    final = trainer.lightning_module.state_dict()  # after fit the module holds the average
+    assert all(torch.allclose(final[name], value, atol=1e-6) for name, value in expected.items())
+    with pytest.raises(ValueError, match="trainer.ema_decay must be null or in"):
+        resolve_config(_config_file(tmp_path, cohort), ["trainer.ema_decay=1.5"])
 
 
 def test_time_budget_stops_after_a_validated_step(cohort: Path, tmp_path: Path) -> None:

@@ -79,6 +79,7 @@ SCHEMA: dict[str, Any] = {
         "limit_train_batches": Field(_INT + _FLOAT + _NONE, None),
         "limit_val_batches": Field(_INT + _FLOAT + _NONE, None),
         "log_every_n_steps": Field(_INT, 10),
+        "ema_decay": Field(_FLOAT + _NONE, None),
     },
     "inference": {
         "sw_batch_size": Field(_INT, 2),
@@ -298,6 +299,9 @@ def _check_values(config: dict[str, Any], path: Path) -> None:
         section, key = dotted.split(".")
         if config[section][key] < 1:
             raise ValueError(f"{path}: {dotted} must be at least 1, got {config[section][key]}")
+    ema_decay = config["trainer"]["ema_decay"]
+    if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+        raise ValueError(f"{path}: trainer.ema_decay must be null or in (0, 1), got {ema_decay}")
     if not 0.0 <= config["inference"]["overlap"] < 1.0:
         raise ValueError(f"{path}: inference.overlap must be in [0, 1), got {config['inference']['overlap']}")
     classes = config["classes"]

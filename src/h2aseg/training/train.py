@@ -17,7 +17,13 @@ from typing import Any
 import lightning
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import (
+    Callback,
+    EMAWeightAveraging,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+)
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -151,7 +157,8 @@ def checkpoint_dir(config: dict[str, Any]) -> Path:
 
 def build_trainer(config: dict[str, Any], callbacks: Sequence[Callback] = ()) -> lightning.Trainer:
     """A Lightning ``Trainer`` from the ``trainer`` section: checkpoints, CSV and TensorBoard logs,
-    Rich progress bar, precision, accelerator, devices, nodes and strategy."""
+    Rich progress bar, precision, accelerator, devices, nodes, strategy and an optional exponential
+    moving average of the weights (``trainer.ema_decay``)."""
     settings = config["trainer"]
     directory = checkpoint_dir(config)
     best = ModelCheckpoint(
@@ -174,6 +181,9 @@ def build_trainer(config: dict[str, Any], callbacks: Sequence[Callback] = ()) ->
     logs_dir = Path(config["output_dir"]) / "logs"
     loggers = [CSVLogger(logs_dir, name="csv"), TensorBoardLogger(logs_dir, name="tensorboard")]
     budget = [] if settings["max_time_minutes"] is None else [TimeBudget(settings["max_time_minutes"])]
+    # With an EMA, validation and both checkpoints' "state_dict" use the averaged weights (what
+    # prediction loads); "current_model_state" keeps the raw ones for --resume.
+    averaging = [] if settings["ema_decay"] is None else [EMAWeightAveraging(decay=settings["ema_decay"])]
     optional = {
         key: settings[key]
         for key in ("limit_train_batches", "limit_val_batches")
@@ -194,6 +204,7 @@ def build_trainer(config: dict[str, Any], callbacks: Sequence[Callback] = ()) ->
             LearningRateMonitor(logging_interval="epoch"),
             RichProgressBar(),
             *budget,
+            *averaging,
             *callbacks,
         ],
         logger=loggers,
