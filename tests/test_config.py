@@ -26,7 +26,12 @@ def minimal(tmp_path: Path) -> Path:
 def test_defaults_are_filled(minimal: Path) -> None:
     config = resolve_config(minimal)
     assert set(config) == set(SCHEMA)
-    assert config["optim"] == {"lr": 1.0e-4, "weight_decay": 1.0e-5, "lr_decay": 0.99, "schedule": "exponential"}
+    assert config["optim"] == {
+        "lr": 1.0e-4,
+        "weight_decay": 1.0e-5,
+        "lr_decay": 0.99,
+        "schedule": "exponential",
+    }
     assert config["loss"]["deep_supervision_weights"] == [5, 4, 3, 2, 1]
     assert config["trainer"]["max_epochs"] == 200 and config["trainer"]["precision"] == "32-true"
     assert config["classes"] == {0: "background", 1: "lesion"}
@@ -127,7 +132,12 @@ def test_shipped_configs_resolve(name: str) -> None:
     assert config["model"]["name"] == "h2aseg"
     assert config["optim"]["weight_decay"] == pytest.approx(1e-5)
     if name != "phantom":
-        assert config["optim"] == {"lr": 1.0e-4, "weight_decay": 1.0e-5, "lr_decay": 0.99, "schedule": "exponential"}
+        assert config["optim"] == {
+            "lr": 1.0e-4,
+            "weight_decay": 1.0e-5,
+            "lr_decay": 0.99,
+            "schedule": "exponential",
+        }
         assert config["trainer"]["max_epochs"] == 200 and config["trainer"]["batch_size"] == 2
         assert config["preprocess"]["patch_size"] == [128, 128, 64]
         assert config["preprocess"]["samples_per_volume"] == 2

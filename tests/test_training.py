@@ -110,7 +110,9 @@ def test_resume_repeats_an_uninterrupted_run(runs: dict[str, Path]) -> None:
     for name, weight in straight["state_dict"].items():
         assert torch.equal(weight, resumed["state_dict"][name]), name
         assert torch.equal(straight["current_model_state"][name], resumed["current_model_state"][name]), name
-    assert not all(torch.equal(w, straight["current_model_state"][k]) for k, w in straight["state_dict"].items())
+    assert not all(
+        torch.equal(w, straight["current_model_state"][k]) for k, w in straight["state_dict"].items()
+    )
     assert straight["lr_schedulers"][0]["_last_lr"] == pytest.approx([1e-4 * 0.99**2])
 
 
@@ -235,7 +237,9 @@ def test_memory_cache_gives_the_same_patches_as_reading_files(cohort: Path, tmp_
     assert type(cached.train_dataset.dataset).__name__ == "CacheDataset"
     for key in ((0, 0), (3, 1), (0, 0)):  # same (epoch, index), same patches; the cache is not mutated
         for expected, got in zip(plain.train_dataset[key], cached.train_dataset[key], strict=True):
-            assert torch.equal(expected["image"], got["image"]) and torch.equal(expected["label"], got["label"])
+            assert torch.equal(expected["image"], got["image"]) and torch.equal(
+                expected["label"], got["label"]
+            )
     assert torch.equal(plain.val_dataset[0]["image"], cached.val_dataset[0]["image"])
 
 
@@ -279,7 +283,7 @@ def test_ema_checkpoint_holds_the_moving_average(cohort: Path, tmp_path: Path) -
         assert torch.equal(checkpoint["current_model_state"][name], recorder.steps[1][name])
     final = trainer.lightning_module.state_dict()  # after fit the module holds the average
     assert all(torch.allclose(final[name], value, atol=1e-6) for name, value in expected.items())
-    with pytest.raises(ValueError, match="trainer.ema_decay must be null or in"):
+    with pytest.raises(ValueError, match=r"trainer\.ema_decay must be null or in"):
         resolve_config(_config_file(tmp_path, cohort), ["trainer.ema_decay=1.5"])
 
 
