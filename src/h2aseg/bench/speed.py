@@ -229,7 +229,7 @@ def run_speed_benchmark(
             "%s %s %s: %s", job["name"], job["task"], job["size"], result.seconds_median or result.error
         )
         results.append(result)
-        write_results(results, Path(out_dir), device, quick)  # after every job: a cut-short run keeps its rows
+        write_results(results, Path(out_dir), device, quick)  # after every job: a cut run keeps its rows
     return results
 
 
