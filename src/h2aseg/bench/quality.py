@@ -46,7 +46,7 @@ def default_plan(quick: bool) -> QualityPlan:
     if quick:
         return QualityPlan(models=["unet3d", "h2aseg"], seeds=[0], budget_minutes=0.15, n_cases=6)
     return QualityPlan(
-        models=PAPER_ROWS + ABLATION_ROWS + [PET_ONLY_ROW], seeds=[0, 1, 2], budget_minutes=4.0, n_cases=40
+        models=PAPER_ROWS + ABLATION_ROWS + [PET_ONLY_ROW], seeds=[0, 1, 2], budget_minutes=3.0, n_cases=40
     )
 
 
