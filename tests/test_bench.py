@@ -6,9 +6,22 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from h2aseg.bench.quality import THRESHOLD_ROW, QualityPlan, run_quality_benchmark
+from h2aseg.bench.quality import (
+    ABLATION_ROWS,
+    PAPER_ROWS,
+    PET_ONLY_ROW,
+    REDUCED_BASELINES,
+    THRESHOLD_ROW,
+    QualityPlan,
+    _model_overrides,
+    run_quality_benchmark,
+)
 from h2aseg.bench.speed import run_speed_benchmark
+from h2aseg.demo import phantom_config_path
+from h2aseg.training.config import resolve_config
+from h2aseg.training.module import build_network
 
 
 @pytest.mark.slow
@@ -28,7 +41,7 @@ def test_speed_benchmark_quick(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_quality_benchmark_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    plan = QualityPlan(models=["h2aseg"], seeds=[0], budget_minutes=0.02, n_cases=5)
+    plan = QualityPlan(models=["h2aseg"], seeds=[0], epochs=1, n_cases=5)
     summaries = run_quality_benchmark(tmp_path / "results", quick=True, plan=plan, work_dir=tmp_path / "work")
     assert set(summaries) == {THRESHOLD_ROW, "h2aseg"}
     table = (tmp_path / "results" / "quality_quick.md").read_text()
@@ -42,3 +55,19 @@ def test_quality_benchmark_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr("h2aseg.training.train.train", no_training)
     again = run_quality_benchmark(tmp_path / "results", quick=True, plan=plan, work_dir=tmp_path / "work")
     assert again["h2aseg"] == summaries["h2aseg"]
+
+
+@pytest.mark.slow
+def test_quality_rows_build_at_the_phantom_patch_with_their_overrides() -> None:
+    config_path = phantom_config_path()
+    patch = resolve_config(config_path)["preprocess"]["patch_size"]
+    for name in [*PAPER_ROWS, *ABLATION_ROWS, PET_ONLY_ROW]:
+        config = resolve_config(config_path, _model_overrides(name, config_path))
+        network = build_network(config).eval()
+        with torch.no_grad():
+            logits = network(torch.zeros(1, 2, *patch))
+        assert logits.shape == (1, 2, *patch), name
+        if name in REDUCED_BASELINES:
+            assert {k: config["model"][k] for k in REDUCED_BASELINES[name]} == REDUCED_BASELINES[name]
+    h2aseg_model = resolve_config(config_path, _model_overrides("h2aseg", config_path))["model"]
+    assert h2aseg_model == resolve_config(config_path)["model"]
