@@ -12,6 +12,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -359,3 +360,16 @@ def _ddp_worker(config_path: str, out_dir: str) -> None:
 
 if __name__ == "__main__":
     _ddp_worker(*sys.argv[1:3])
+
+
+def test_lesion_free_cases_train_without_a_warning_per_patch(tmp_path: Path) -> None:
+    root = tmp_path / "negatives"
+    lesion_free = dataclasses.replace(_tiny_preset(), negative_fraction=1.0)
+    write_cohort(root, n_cases=5, seed=4, layout="flat", preset=lesion_free)
+    config = resolve_config(_config_file(tmp_path, root, trainer={"val_every": 2}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        filters_before = list(warnings.filters)
+        run_training(config)
+        assert warnings.filters == filters_before  # silenced during training only
+    assert not [w for w in caught if "Num foregrounds 0" in str(w.message)]

@@ -7,7 +7,6 @@ Every library error (``ValueError``, ``OSError``) becomes one red line and exit 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,9 +30,6 @@ def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """PET/CT tumour segmentation with H2ASeg."""
-    # Lesion-free studies are normal (a third of AutoPET): MONAI warns on each of their patches.
-    warnings.filterwarnings("ignore", message="Num foregrounds 0")
-    warnings.filterwarnings("ignore", message=".*treespec.*deprecated")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",

@@ -163,8 +163,9 @@ def run_quality_benchmark(
     threshold_predictions(test_cases, threshold_dir)
     summaries[THRESHOLD_ROW] = [evaluate_folder(threshold_dir, truth_dir, threshold_dir.parent)]
     config_path = phantom_config_path()
-    for name in plan.models:
-        for seed in plan.seeds:
+    # Seeds outermost: a benchmark cut short still has every row for its first seeds.
+    for seed in plan.seeds:
+        for name in plan.models:
             settings = [
                 *_model_overrides(name, config_path),
                 f"seed={seed}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,11 @@ def run_training(
     module = SegmentationModule(config)
     datamodule = PETCTDataModule(config)
     trainer = build_trainer(config, callbacks)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=last_path if resume else None)
+    with warnings.catch_warnings():
+        # Lesion-free studies are normal (a third of AutoPET): MONAI warns on every patch drawn from one.
+        warnings.filterwarnings("ignore", message="Num foregrounds 0")
+        warnings.filterwarnings("ignore", message=".*treespec.*deprecated")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=last_path if resume else None)
     return trainer
 
 
