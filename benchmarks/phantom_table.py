@@ -25,6 +25,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="training epochs per run")
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-time safety limit per run")
     parser.add_argument("--cases", type=int, default=None, help="size of the synthetic cohort")
+    parser.add_argument(
+        "--tables-only", action="store_true", help="train nothing: tabulate the runs already evaluated"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     plan = default_plan(args.quick)
@@ -33,7 +36,9 @@ def main() -> None:
     plan.epochs = args.epochs or plan.epochs
     plan.max_minutes = args.max_minutes or plan.max_minutes
     plan.n_cases = args.cases or plan.n_cases
-    run_quality_benchmark(args.out, quick=args.quick, plan=plan, work_dir=args.work_dir)
+    run_quality_benchmark(
+        args.out, quick=args.quick, plan=plan, work_dir=args.work_dir, tables_only=args.tables_only
+    )
 
 
 if __name__ == "__main__":

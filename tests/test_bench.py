@@ -55,6 +55,11 @@ def test_quality_benchmark_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr("h2aseg.training.train.train", no_training)
     again = run_quality_benchmark(tmp_path / "results", quick=True, plan=plan, work_dir=tmp_path / "work")
     assert again["h2aseg"] == summaries["h2aseg"]
+    plan.seeds = [0, 1]
+    tabulated = run_quality_benchmark(
+        tmp_path / "results", quick=True, plan=plan, work_dir=tmp_path / "work", tables_only=True
+    )
+    assert tabulated["h2aseg"] == summaries["h2aseg"]  # seed 1 not trained, not tabulated
 
 
 @pytest.mark.slow

@@ -124,7 +124,11 @@ def _truth_folder(cases: list, out_dir: Path) -> Path:
 
 
 def run_quality_benchmark(
-    out_dir: Path, quick: bool = False, plan: QualityPlan | None = None, work_dir: Path | None = None
+    out_dir: Path,
+    quick: bool = False,
+    plan: QualityPlan | None = None,
+    work_dir: Path | None = None,
+    tables_only: bool = False,
 ) -> dict:
     """Train, predict and evaluate every row of the plan; write the tables; return all summaries.
 
@@ -136,6 +140,7 @@ def run_quality_benchmark(
         quick: use the quick plan when ``plan`` is not given.
         plan: models, seeds, budget and cohort size.
         work_dir: where the cohort, the runs and the predictions go (default ``runs/bench_quality``).
+        tables_only: train nothing; write the tables from the runs already evaluated in ``work_dir``.
     """
     from h2aseg.data.phantom import write_cohort
     from h2aseg.data.splits import make_split
@@ -178,6 +183,8 @@ def run_quality_benchmark(
                 logger.info("%s seed %d: already evaluated in %s, kept", name, seed, finished)
                 summaries.setdefault(name, []).append(json.loads(finished.read_text()))
                 continue
+            if tables_only:
+                continue
             overrides = [
                 *settings,
                 f"data.root={data_dir}",
@@ -213,6 +220,11 @@ def _cell(runs: list[dict], metric: str) -> str:
     return f"{statistics.mean(values):.2f} ± {spread:.2f}"
 
 
+def _row(name: str, runs: list[dict]) -> str:
+    seeds = "—" if name == THRESHOLD_ROW else str(len(runs))
+    return f"| {name} | " + " | ".join(_cell(runs, m) for m in METRICS) + f" | {seeds} |"
+
+
 def write_tables(
     summaries: dict[str, list[dict]], plan: QualityPlan, out_dir: Path, quick: bool, n_test: int
 ) -> Path:
@@ -230,7 +242,9 @@ def write_tables(
         "n_test_cases": n_test,
     }
     (out_dir / f"{stem}.json").write_text(json.dumps({"meta": meta, "summaries": summaries}, indent=2))
-    header = "| Method | Dice (↑) | HD95 mm (↓) | Precision (↑) | Recall (↑) |\n|---|---|---|---|---|"
+    header = (
+        "| Method | Dice (↑) | HD95 mm (↓) | Precision (↑) | Recall (↑) | seeds |\n|---|---|---|---|---|---|"
+    )
     lines = [
         f"# Paper tables on the synthetic cohort ({meta['date']})",
         "",
@@ -250,11 +264,11 @@ def write_tables(
     table2 = ABLATION_ROWS
     for row in table1:
         if row in summaries:
-            lines.append(f"| {row} | " + " | ".join(_cell(summaries[row], m) for m in METRICS) + " |")
+            lines.append(_row(row, summaries[row]))
     lines += ["", "## Table 2: MCSA and TAMW", "", header.replace("Method", "Variant")]
     for row in table2:
         if row in summaries:
-            lines.append(f"| {row} | " + " | ".join(_cell(summaries[row], m) for m in METRICS) + " |")
+            lines.append(_row(row, summaries[row]))
     markdown = out_dir / f"{stem}.md"
     markdown.write_text("\n".join(lines) + "\n")
     return markdown
