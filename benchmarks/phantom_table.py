@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from h2aseg.bench.quality import default_plan, run_quality_benchmark
+from h2aseg.cpu_allocator import keep_freed_memory
 
 
 def main() -> None:
@@ -29,6 +30,7 @@ def main() -> None:
         "--tables-only", action="store_true", help="train nothing: tabulate the runs already evaluated"
     )
     args = parser.parse_args()
+    keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     plan = default_plan(args.quick)
     plan.models = args.models or plan.models

@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from h2aseg.cpu_allocator import keep_freed_memory
+
 app = typer.Typer(
     help="PET/CT tumour segmentation with H2ASeg: phantoms, DICOM to SUV, training, prediction, metrics.",
     no_args_is_help=True,
@@ -30,6 +32,7 @@ def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """PET/CT tumour segmentation with H2ASeg."""
+    keep_freed_memory()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
