@@ -3,7 +3,7 @@
 By default glibc hands every freed block above its (dynamic) mmap threshold back to the kernel and
 trims the heap top beyond 128 KB, so each training step of a 3-D network maps, zero-fills and
 unmaps the same activation buffers again: on this project's 2-core CPU a step of the phantom
-H2ASeg spent about 30 % of its CPU time in the kernel on those page faults (80,000 per step).
+H2ASeg page-faulted 63,000 times and took 0.663 s, against 400 faults and 0.584 s with this.
 PyTorch's CPU allocator has no cache of its own, so the knob is glibc's ``mallopt``: blocks up to
 32 MB (glibc's largest mmap threshold) come from the heap, and up to 512 MB of freed heap is kept
 for reuse. The CLI calls :func:`keep_freed_memory` once at start; library code never does, since it
