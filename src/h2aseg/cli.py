@@ -140,7 +140,10 @@ def train(
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Option(help="Checkpoint (.ckpt) written by h2aseg train.")],
+    model: Annotated[
+        list[Path],
+        typer.Option(help="Checkpoint (.ckpt) or exported .onnx/.pt; repeat it for an ensemble."),
+    ],
     out: Annotated[Path, typer.Option(help="Output folder.")],
     ct: Annotated[Path | None, typer.Option(help="CT NIfTI (HU).")] = None,
     pet: Annotated[Path | None, typer.Option(help="PET NIfTI (SUV).")] = None,
@@ -175,6 +178,19 @@ def predict(
         )
     )
     console.print(f"segmented {len(results)} case(s); masks, lesion reports and pictures in {out}")
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Option(help="Checkpoint (.ckpt) written by h2aseg train.")],
+    out: Annotated[Path, typer.Option(help="File to write (.onnx or .pt).")],
+    format: Annotated[str, typer.Option(help="onnx | torchscript")] = "onnx",
+) -> None:
+    """Export the network (one window, dynamic batch) with its config for serving."""
+    from h2aseg.inference.serving import export_model
+
+    written = _run(lambda: export_model(model, out, format=format))
+    console.print(f"exported {model} to {written}")
 
 
 @app.command()

@@ -91,6 +91,7 @@ class Predictor:
         sw_batch_size: int | None = None,
         tta: TtaSetting = None,
     ) -> None:
+        self.config = dict(config)
         inference = {**INFERENCE_DEFAULTS, **dict(config.get("inference") or {})}
         self.preprocess = PreprocessConfig.from_dict(config.get("preprocess"))
         self.roi_size = tuple(int(n) for n in self.preprocess.patch_size)
@@ -272,7 +273,7 @@ class Predictor:
 
 
 def predict(
-    model_path: str | Path,
+    model_path: str | Path | Sequence[str | Path],
     out_dir: str | Path,
     *,
     ct: str | Path | None = None,
@@ -295,7 +296,8 @@ def predict(
     Every input is checked before the first case runs.
 
     Args:
-        model_path: checkpoint (see :meth:`Predictor.from_checkpoint`).
+        model_path: checkpoint (see :meth:`Predictor.from_checkpoint`) or exported ``.onnx`` /
+            ``.pt`` file; several: their ensemble (mean probabilities, see ``inference/ensemble.py``).
         out_dir: output folder (created; must not be a file).
         grid, save_probabilities: as in :meth:`Predictor.predict_case`.
         overlap, sw_batch_size, tta, device: as in :class:`Predictor` (``None`` = the config's).
@@ -315,9 +317,10 @@ def predict(
         raise ValueError("give exactly one input: --ct with --pet, --dataset, or --ct-dicom with --pet-dicom")
     if any(value is None for value in given[chosen[0]]):
         raise ValueError(f"{chosen[0]}: both of the pair are needed")
-    predictor = Predictor.from_checkpoint(
-        model_path, device, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta
-    )
+    from h2aseg.inference.ensemble import load_ensemble  # imports this module
+
+    paths = [model_path] if isinstance(model_path, (str, Path)) else list(model_path)
+    predictor = load_ensemble(paths, device, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta)
     with tempfile.TemporaryDirectory(prefix="h2aseg-dicom-") as scratch:
         if dataset is not None:
             cases = [(case.case_id, case.ct, case.pet) for case in read_dataset(Path(dataset))]
