@@ -156,6 +156,13 @@ def predict(
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Flip test-time augmentation.")] = None,
     probabilities: Annotated[bool, typer.Option(help="Also write the probability map.")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    dicom_seg: Annotated[
+        bool, typer.Option(help="Also write a DICOM SEG ({case}_seg.dcm) referencing the source series.")
+    ] = False,
+    source_dicom: Annotated[
+        Path | None,
+        typer.Option(help="With --dicom-seg and NIfTI input: the series the PET (or CT) came from."),
+    ] = None,
 ) -> None:
     """Whole-volume segmentation: masks in the original geometry, lesion reports, MIP pictures."""
     from h2aseg.inference.predictor import predict as run_prediction
@@ -175,6 +182,8 @@ def predict(
             tta=tta,
             save_probabilities=probabilities,
             device=device,
+            dicom_seg=dicom_seg,
+            source_dicom=source_dicom,
         )
     )
     console.print(f"segmented {len(results)} case(s); masks, lesion reports and pictures in {out}")

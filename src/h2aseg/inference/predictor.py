@@ -287,6 +287,8 @@ def predict(
     tta: TtaSetting = None,
     save_probabilities: bool = False,
     device: str = "auto",
+    dicom_seg: bool = False,
+    source_dicom: str | Path | None = None,
 ) -> list[CaseResult]:
     """Segment one NIfTI pair, every case of a dataset folder, or one DICOM study.
 
@@ -301,6 +303,9 @@ def predict(
         out_dir: output folder (created; must not be a file).
         grid, save_probabilities: as in :meth:`Predictor.predict_case`.
         overlap, sw_batch_size, tta, device: as in :class:`Predictor` (``None`` = the config's).
+        dicom_seg: also write ``{case}_seg.dcm``, a DICOM SEG referencing the source series: the
+            PET series (the CT's with ``grid="ct"``) of DICOM input, else ``source_dicom``.
+        source_dicom: the DICOM series folder a NIfTI input came from (for ``dicom_seg``).
 
     Returns:
         One :class:`CaseResult` per case, in input order.
@@ -317,6 +322,10 @@ def predict(
         raise ValueError("give exactly one input: --ct with --pet, --dataset, or --ct-dicom with --pet-dicom")
     if any(value is None for value in given[chosen[0]]):
         raise ValueError(f"{chosen[0]}: both of the pair are needed")
+    if dicom_seg:
+        source_dicom = source_dicom or (ct_dicom if grid == "ct" else pet_dicom)
+        if source_dicom is None or dataset is not None:
+            raise ValueError("--dicom-seg needs DICOM input or --source-dicom with one --ct/--pet pair")
     from h2aseg.inference.ensemble import load_ensemble  # imports this module
 
     paths = [model_path] if isinstance(model_path, (str, Path)) else list(model_path)
@@ -331,10 +340,17 @@ def predict(
             cases = [(case_id_from_path(Path(pet_dicom)), converted["ct"], converted["pet_suv"])]
         for _, case_ct, case_pet in cases:
             check_case_inputs(case_ct, case_pet)
-        return [
+        results = [
             predictor.predict_case(case_ct, case_pet, out_dir, case_id, grid, save_probabilities)
             for case_id, case_ct, case_pet in track(cases, description="segmenting", disable=len(cases) < 2)
         ]
+    if dicom_seg:
+        from h2aseg.inference.dicom_seg import write_dicom_seg
+
+        for result in results:
+            out = out_dir / f"{result.case_id}_seg.dcm"
+            write_dicom_seg(result.mask, Path(source_dicom), out, predictor.config.get("classes"))
+    return results
 
 
 def flip_combinations(tta: TtaSetting) -> tuple[tuple[int, ...], ...]:
