@@ -132,7 +132,7 @@ def test_predict_case_restores_the_pet_geometry_and_writes_reports(case: tuple, 
     with result.lesions_csv.open() as stream:
         (row,) = list(csv.DictReader(stream))
     assert float(row["volume_ml"]) == pytest.approx(27 * 4 * 4 * 3 / 1000)
-    assert float(row["suv_max"]) == LESION_SUV and float(row["suv_mean"]) == LESION_SUV
+    assert float(row["suv_max_g_per_ml"]) == LESION_SUV and float(row["suv_mean_g_per_ml"]) == LESION_SUV
     summary = json.loads(result.summary_json.read_text())
     assert summary["lesion_count"] == 1 and summary == {**summary, **result.summary}
     assert result.figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -97,7 +97,7 @@ def test_nifti_figure_reorients_to_ras_and_brings_the_ct_onto_the_pet_grid(
     def capture(
         pet_suv: np.ndarray, mask: np.ndarray, ct_hu: np.ndarray, spacing_mm: np.ndarray, *args, **kwargs
     ) -> None:
-        captured.update(pet=pet_suv, mask=mask, ct=ct_hu, spacing=np.asarray(spacing_mm))
+        captured.update(pet=pet_suv, mask=mask, ct=ct_hu, spacing=np.asarray(spacing_mm), kwargs=kwargs)
 
     monkeypatch.setattr(viz, "save_case_figure", capture)
     pet_affine = np.diag([-2.0, -3.0, 4.0, 1.0])  # LPS voxel order: i runs to the patient's left
@@ -115,3 +115,31 @@ def test_nifti_figure_reorients_to_ras_and_brings_the_ct_onto_the_pet_grid(
     assert captured["mask"][6 - 1 - 1, 5 - 1 - 2, 3] == 1
     np.testing.assert_array_equal(captured["spacing"], (2.0, 3.0, 4.0))
     np.testing.assert_allclose(captured["ct"], 35.0)
+    assert captured["ct"].shape == (20, 20, 20)  # the CT keeps its own grid and resolution
+    np.testing.assert_array_equal(captured["kwargs"]["ct_spacing_mm"], (1.0, 1.0, 1.0))
+
+
+def test_lesion_numbers_sit_beside_their_own_outlines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pet_suv, mask, ct_hu = _synthetic_case()  # lesion A: x 4..7, z 30..33
+    mask[15:20, 10:14, 5:9] = 1  # lesion B, larger: x 15..19, z 5..8
+    labels: list[tuple[int, float, float]] = []
+    monkeypatch.setattr(viz, "_lesion_label", lambda axes, number, a, b: labels.append((number, a, b)))
+    spacing, origin = np.array([4.0, 4.0, 3.0]), np.array([-50.0, -40.0, -100.0])
+    centre_b = origin + np.array([17.0, 11.5, 6.5]) * spacing
+    centre_a = origin + np.array([5.5, 6.5, 31.5]) * spacing
+    save_case_figure(
+        pet_suv,
+        mask,
+        ct_hu,
+        spacing,
+        tmp_path / "x.png",
+        origin_mm=origin,
+        lesions=[(1, centre_b), (2, centre_a)],
+    )
+    coronal = {number: (a, b) for number, a, b in labels[::2][:2]}
+    # Each id is one voxel beyond its lesion's low-x edge (the display's right), at its centroid's height.
+    assert coronal[1] == pytest.approx((origin[0] + 14 * 4.0, centre_b[2]))
+    assert coronal[2] == pytest.approx((origin[0] + 3 * 4.0, centre_a[2]))
+    assert [number for number, _, _ in labels].count(2) == 3  # coronal, sagittal and the axial slice

@@ -20,14 +20,18 @@ from pathlib import Path
 import cc3d
 import nibabel as nib
 import numpy as np
+from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from matplotlib.lines import Line2D
 from nibabel import processing as nib_processing
+from scipy import ndimage
 
 PREDICTION_COLOUR = "#e8112d"
 TRUTH_COLOUR = "#1f9e3a"
 SOFT_TISSUE_WINDOW_HU = (-160.0, 240.0)  # level 40 HU, width 400 HU
+MARKER_COLOUR = "#1f4e9c"
 
 
 def save_case_figure(
@@ -40,54 +44,75 @@ def save_case_figure(
     truth: np.ndarray | None = None,
     suv_window: tuple[float, float] = (0.0, 10.0),
     ct_window_hu: tuple[float, float] = SOFT_TISSUE_WINDOW_HU,
+    *,
+    origin_mm: Sequence[float] = (0.0, 0.0, 0.0),
+    ct_spacing_mm: Sequence[float] | None = None,
+    ct_origin_mm: Sequence[float] | None = None,
+    lesions: Sequence[tuple[int, Sequence[float]]] = (),
 ) -> None:
     """Coronal and sagittal PET MIPs and the axial CT through the hottest lesion, with outlines.
+
+    Every panel is drawn in patient millimetres (RAS), so the CT may lie on its own, finer grid.
 
     Args:
         pet_suv: PET in SUV, ``(X, Y, Z)`` in RAS voxel order.
         mask: predicted lesion mask ``(X, Y, Z)`` (non-zero = lesion), same grid.
-        ct_hu: CT in HU on the same grid.
-        spacing_mm: voxel spacing ``(3,)`` in mm (sets each panel's aspect ratio).
+        ct_hu: CT in HU in RAS voxel order: on the PET grid, or on its own grid when
+            ``ct_spacing_mm`` and ``ct_origin_mm`` are given.
+        spacing_mm: PET voxel spacing ``(3,)`` in mm.
         out_png: PNG to write (atomically).
         title: figure title.
         truth: optional ground-truth mask ``(X, Y, Z)``, outlined in a second colour.
-        suv_window: SUV range of the inverted grey scale of the MIPs.
+        suv_window: SUV range of the inverted grey scale of the MIPs (shown on a colour bar).
         ct_window_hu: HU range of the CT slice (soft-tissue window by default).
+        origin_mm: RAS position (mm) of the PET voxel ``(0, 0, 0)``'s centre.
+        ct_spacing_mm, ct_origin_mm: the CT's own spacing and origin, RAS.
+        lesions: ``(lesion_id, centroid_mm)`` pairs (RAS mm) of the lesion report; each id is
+            written beside the outline of the mask's connected component nearest its centroid.
     """
     pet_suv = np.asarray(pet_suv, dtype=np.float32)
-    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    pet_grid = _Grid(pet_suv.shape, spacing_mm, origin_mm)
+    own_ct = ct_spacing_mm is not None and ct_origin_mm is not None
+    ct_hu = np.asarray(ct_hu)
+    ct_grid = _Grid(ct_hu.shape, ct_spacing_mm, ct_origin_mm) if own_ct else pet_grid
     masks = {} if truth is None else {"truth": np.asarray(truth) != 0}
     masks["prediction"] = np.asarray(mask) != 0  # drawn last, on top of the truth
-    for name, array in (*masks.items(), ("CT", np.asarray(ct_hu))):
+    checks = (*masks.items(), *(() if own_ct else (("CT", ct_hu),)))
+    for name, array in checks:
         if array.shape != pet_suv.shape:
             raise ValueError(f"{out_png}: {name} shape {array.shape} differs from PET shape {pet_suv.shape}")
     colours = {"prediction": PREDICTION_COLOUR, "truth": TRUTH_COLOUR}
     slice_z = _hottest_slice(pet_suv, masks["prediction"])
-    sx, sy, sz = spacing
+    z_mm = pet_grid.centres(2)[slice_z]
+    ct_z = int(np.argmin(np.abs(ct_grid.centres(2) - z_mm)))
 
-    widths = _panel_widths(pet_suv.shape, spacing)
-    figure = Figure(figsize=(float(np.clip(7.0 * sum(widths) + 1.0, 8.0, 16.0)), 7.5), layout="constrained")
+    widths = _panel_widths(pet_suv.shape, pet_grid.spacing)
+    figure = Figure(figsize=(float(np.clip(7.0 * sum(widths) + 2.0, 9.0, 17.0)), 8.0), layout="constrained")
     coronal, sagittal, axial = figure.subplots(1, 3, width_ratios=widths)
-    _show(coronal, pet_suv.max(axis=1), sz / sx, "gray_r", suv_window, "Coronal PET MIP")
-    _show(sagittal, pet_suv.max(axis=0), sz / sy, "gray_r", suv_window, "Sagittal PET MIP")
-    _show(
-        axial, np.asarray(ct_hu)[:, :, slice_z], sy / sx, "gray", ct_window_hu, f"Axial CT, slice {slice_z}"
-    )
+    mip = _show(coronal, pet_suv.max(axis=1), pet_grid, (0, 2), "gray_r", suv_window, "Coronal PET MIP")
+    _show(sagittal, pet_suv.max(axis=0), pet_grid, (1, 2), "gray_r", suv_window, "Sagittal PET MIP")
+    level, width = (ct_window_hu[0] + ct_window_hu[1]) / 2, ct_window_hu[1] - ct_window_hu[0]
+    axial_title = f"Axial CT at z = {z_mm:.1f} mm (W {width:.0f} / L {level:.0f} HU)"
+    _show(axial, ct_hu[:, :, ct_z], ct_grid, (0, 1), "gray", ct_window_hu, axial_title)
     for name, lesion_mask in masks.items():
-        _outline(coronal, lesion_mask.any(axis=1), colours[name])
-        _outline(sagittal, lesion_mask.any(axis=0), colours[name])
-        _outline(axial, lesion_mask[:, :, slice_z], colours[name])
-    coronal.axhline(pet_suv.shape[2] - 1 - slice_z, color="#3b7dd8", linestyle="--", linewidth=0.8)
-    _label_directions(coronal, ("R", "L"))
-    _label_directions(sagittal, ("A", "P"))
-    _label_directions(axial, ("R", "L"))
+        _outline(coronal, lesion_mask.any(axis=1), pet_grid, (0, 2), colours[name])
+        _outline(sagittal, lesion_mask.any(axis=0), pet_grid, (1, 2), colours[name])
+        _outline(axial, lesion_mask[:, :, slice_z], pet_grid, (0, 1), colours[name])
+    coronal.axhline(z_mm, color=MARKER_COLOUR, linestyle="--", linewidth=1.0)
+    sagittal.axhline(z_mm, color=MARKER_COLOUR, linestyle="--", linewidth=1.0)
+    _number_lesions((coronal, sagittal, axial), masks["prediction"], pet_grid, lesions, slice_z)
+    _label_directions(coronal, ("R", "L", "H", "F"))
+    _label_directions(sagittal, ("A", "P", "H", "F"))
+    _label_directions(axial, ("R", "L", "A", "P"))
+    colour_bar = figure.colorbar(mip, ax=[coronal, sagittal], location="left", shrink=0.7, pad=0.02)
+    colour_bar.set_label(f"SUV (g/mL), window {suv_window[0]:g}-{suv_window[1]:g}", fontsize=11)
     handles = [
-        Line2D([], [], color=colours[name], label=_legend_text(name, lesion_mask, spacing))
+        Line2D([], [], color=colours[name], label=_legend_text(name, lesion_mask, pet_grid.spacing))
         for name, lesion_mask in reversed(masks.items())
     ]
-    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=11)
     if title:
-        figure.suptitle(title)
+        figure.suptitle(title, fontsize=13)
     _save_atomic(figure, Path(out_png))
 
 
@@ -98,11 +123,13 @@ def save_nifti_case_figure(
     out_png: Path,
     title: str | None = None,
     truth: np.ndarray | None = None,
+    lesions: Sequence[tuple[int, Sequence[float]]] = (),
 ) -> None:
     """:func:`save_case_figure` for images as stored: any orientation, CT on its own grid.
 
-    Reorients the PET grid to RAS and resamples the CT onto it unless it is already there
-    (trilinear, edge values extended beyond the CT's last voxel centres).
+    Reorients the PET grid to RAS. The CT keeps its own grid and resolution when its axes are
+    those of the reoriented PET (no rotation between them); otherwise it is resampled onto the
+    PET grid (trilinear, edge values extended beyond the CT's last voxel centres).
 
     Args:
         pet_image: the PET NIfTI in SUV (its grid is the picture's grid).
@@ -110,18 +137,24 @@ def save_nifti_case_figure(
         ct_image: the CT NIfTI in HU, on any grid overlapping the PET.
         out_png, title: as in :func:`save_case_figure`.
         truth: optional ground-truth mask in the PET file's voxel order.
+        lesions: as in :func:`save_case_figure` (RAS mm centroids of the lesion report).
     """
     pet_suv = np.asarray(pet_image.dataobj, dtype=np.float32)
-    if ct_image.shape == pet_suv.shape and np.allclose(ct_image.affine, pet_image.affine, atol=1e-4):
-        ct_hu = np.asarray(ct_image.dataobj, dtype=np.float32)  # already on the PET grid (AutoPET CTres)
+    orientation = nib.orientations.io_orientation(pet_image.affine)
+    pet_ras = _ras_grid(pet_image.affine, pet_suv.shape)
+    ct_ras = _ras_grid(ct_image.affine, ct_image.shape[:3])
+    ct_own = {}
+    if ct_ras is not None and pet_ras is not None:
+        ct_orientation = nib.orientations.io_orientation(ct_image.affine)
+        ct_hu = nib.orientations.apply_orientation(np.asarray(ct_image.dataobj, np.float32), ct_orientation)
+        ct_own = {"ct_spacing_mm": ct_ras[0], "ct_origin_mm": ct_ras[1]}
     else:
         grid = (pet_suv.shape, pet_image.affine)
         ct_hu = nib_processing.resample_from_to(ct_image, grid, order=1, mode="nearest").get_fdata(
             dtype=np.float32
         )
-    orientation = nib.orientations.io_orientation(pet_image.affine)
-    spacing_ras = np.empty(3)
-    spacing_ras[orientation[:, 0].astype(int)] = np.linalg.norm(pet_image.affine[:3, :3], axis=0)
+        ct_hu = nib.orientations.apply_orientation(ct_hu, orientation)
+    spacing, origin = pet_ras if pet_ras is not None else _ras_spacing_origin(pet_image.affine, pet_suv.shape)
 
     def to_ras(array: np.ndarray) -> np.ndarray:
         return nib.orientations.apply_orientation(np.asarray(array), orientation)
@@ -129,11 +162,14 @@ def save_nifti_case_figure(
     save_case_figure(
         to_ras(pet_suv),
         to_ras(mask),
-        to_ras(ct_hu),
-        spacing_ras,
+        ct_hu,
+        spacing,
         out_png,
         title=title,
         truth=None if truth is None else to_ras(truth),
+        origin_mm=origin,
+        lesions=lesions,
+        **ct_own,
     )
 
 
@@ -207,6 +243,45 @@ def _panel_widths(shape: Sequence[int], spacing: np.ndarray) -> list[float]:
     ]
 
 
+class _Grid:
+    """An axis-aligned RAS grid: voxel ``i`` of axis ``a`` lies at ``origin[a] + i * spacing[a]`` mm."""
+
+    def __init__(self, shape: Sequence[int], spacing: Sequence[float] | None, origin: Sequence[float] | None):
+        self.shape = tuple(int(n) for n in shape)
+        self.spacing = np.asarray(spacing, dtype=np.float64)
+        self.origin = np.asarray(origin, dtype=np.float64)
+
+    def centres(self, axis: int) -> np.ndarray:
+        return self.origin[axis] + np.arange(self.shape[axis]) * self.spacing[axis]
+
+    def display_extent(self, axes: tuple[int, int]) -> tuple[float, float, float, float]:
+        """``imshow`` extent of an ``(a, b)`` plane shown by :func:`_to_display`: a reversed, b up."""
+        (a_low, a_high), (b_low, b_high) = (self._edges(axis) for axis in axes)
+        return a_high, a_low, b_low, b_high
+
+    def _edges(self, axis: int) -> tuple[float, float]:
+        centres = self.centres(axis)
+        half = self.spacing[axis] / 2
+        return float(centres.min() - half), float(centres.max() + half)
+
+
+def _ras_grid(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(spacing, origin)`` of the grid reoriented to RAS, or ``None`` when its axes are oblique."""
+    orientation = nib.orientations.io_orientation(affine)
+    ras_affine = affine @ nib.orientations.inv_ornt_aff(orientation, shape)
+    rotation = ras_affine[:3, :3]
+    if not np.allclose(rotation, np.diag(np.diag(rotation)), atol=1e-4 * np.abs(rotation).max()):
+        return None
+    return np.diag(rotation).copy(), ras_affine[:3, 3].copy()
+
+
+def _ras_spacing_origin(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Spacing and voxel-(0, 0, 0) position of an oblique grid reoriented to RAS (approximate axes)."""
+    orientation = nib.orientations.io_orientation(affine)
+    ras_affine = affine @ nib.orientations.inv_ornt_aff(orientation, shape)
+    return np.linalg.norm(ras_affine[:3, :3], axis=0), ras_affine[:3, 3].copy()
+
+
 def _to_display(plane: np.ndarray) -> np.ndarray:
     """Turn an ``(a, b)`` plane of RAS axes into image rows/columns.
 
@@ -219,29 +294,92 @@ def _to_display(plane: np.ndarray) -> np.ndarray:
 def _show(
     axes: Axes,
     plane: np.ndarray,
-    aspect: float,
+    grid: _Grid,
+    plane_axes: tuple[int, int],
     cmap: str,
     window: tuple[float, float],
     title: str,
-) -> None:
-    axes.imshow(_to_display(plane), cmap=cmap, vmin=window[0], vmax=window[1], interpolation="nearest")
-    axes.set_aspect(aspect)
-    axes.set_title(title, fontsize=10)
+) -> AxesImage:
+    """Draw an ``(a, b)`` plane in mm (equal aspect), radiological orientation."""
+    image = axes.imshow(
+        _to_display(plane),
+        cmap=cmap,
+        vmin=window[0],
+        vmax=window[1],
+        interpolation="nearest",
+        extent=grid.display_extent(plane_axes),
+    )
+    axes.set_aspect("equal")
+    axes.set_title(title, fontsize=11)
     axes.set_xticks([])
     axes.set_yticks([])
+    return image
 
 
-def _outline(axes: Axes, region: np.ndarray, colour: str) -> None:
-    """Contour of a 2-D boolean region (nothing for an empty one)."""
+def _outline(axes: Axes, region: np.ndarray, grid: _Grid, plane_axes: tuple[int, int], colour: str) -> None:
+    """Contour of a 2-D boolean ``(a, b)`` region at its voxel centres in mm (nothing if empty)."""
     if region.any():
-        axes.contour(_to_display(region).astype(np.float32), levels=[0.5], colors=colour, linewidths=1.0)
+        limits = axes.get_xlim(), axes.get_ylim()
+        a_mm, b_mm = (grid.centres(axis) for axis in plane_axes)
+        axes.contour(a_mm, b_mm, region.T.astype(np.float32), levels=[0.5], colors=colour, linewidths=1.2)
+        axes.set_xlim(*limits[0])
+        axes.set_ylim(*limits[1])
 
 
-def _label_directions(axes: Axes, left_right: tuple[str, str]) -> None:
-    """Write the anatomical direction at the left and right edges of a panel."""
-    style = {"transform": axes.transAxes, "color": "#3b7dd8", "fontsize": 9, "va": "top"}
-    axes.text(0.01, 0.99, left_right[0], ha="left", **style)
-    axes.text(0.99, 0.99, left_right[1], ha="right", **style)
+def _number_lesions(
+    panels: tuple[Axes, Axes, Axes],
+    mask: np.ndarray,
+    grid: _Grid,
+    lesions: Sequence[tuple[int, Sequence[float]]],
+    slice_z: int,
+) -> None:
+    """Write each lesion's id beside its component's outline on the MIPs (and the axial slice)."""
+    if not lesions or not mask.any():
+        return
+    components, count = cc3d.connected_components(mask, connectivity=18, return_N=True)
+    boxes = ndimage.find_objects(components)
+    centroids = np.asarray(ndimage.center_of_mass(mask, components, range(1, count + 1))).reshape(count, 3)
+    centroids_mm = grid.origin + centroids * grid.spacing
+    coronal, sagittal, axial = panels
+    for lesion_id, centroid_mm in lesions:
+        index = int(np.argmin(np.linalg.norm(centroids_mm - np.asarray(centroid_mm), axis=1)))
+        box, centre = boxes[index], centroids_mm[index]
+        # Beside the outline on the display's right: the low-index edge of the reversed a axis.
+        low = grid.origin + np.array([part.start for part in box]) * grid.spacing - grid.spacing
+        for axes, (a, b) in ((coronal, (0, 2)), (sagittal, (1, 2))):
+            _lesion_label(axes, lesion_id, low[a], centre[b])
+        if box[2].start <= slice_z < box[2].stop and (components[:, :, slice_z] == index + 1).any():
+            _lesion_label(axial, lesion_id, low[0], centre[1])
+
+
+def _lesion_label(axes: Axes, lesion_id: int, a_mm: float, b_mm: float) -> None:
+    axes.text(
+        a_mm,
+        b_mm,
+        str(lesion_id),
+        color=PREDICTION_COLOUR,
+        fontsize=12,
+        fontweight="bold",
+        ha="left",
+        va="center",
+        path_effects=[patheffects.withStroke(linewidth=2.5, foreground="white")],
+    )
+
+
+def _label_directions(axes: Axes, letters: tuple[str, str, str, str]) -> None:
+    """Write the anatomical directions at the left, right, top and bottom edges of a panel."""
+    style = {
+        "transform": axes.transAxes,
+        "color": MARKER_COLOUR,
+        "fontsize": 15,
+        "fontweight": "bold",
+        "bbox": {"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.7, "edgecolor": "none"},
+    }
+    left, right, top, bottom = letters
+    axes.text(0.02, 0.5, left, ha="left", va="center", **style)
+    axes.text(0.98, 0.5, right, ha="right", va="center", **style)
+    axes.text(0.5, 0.98, top, ha="center", va="top", **style)
+    axes.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
 
 
 def _legend_text(name: str, lesion_mask: np.ndarray, spacing: np.ndarray) -> str:

@@ -252,7 +252,10 @@ class Predictor:
             staged = {name: stack.enter_context(atomic_output(path)) for name, path in paths.items()}
             _save_nifti(grid_labels.astype(np.uint8), grid_image, staged["seg.nii.gz"])
             write_lesion_report(lesions, staged["lesions.csv"], staged["summary.json"], case_id)
-            save_nifti_case_figure(pet_image, pet_labels, ct_image, staged["mip.png"], title=case_id)
+            numbers = [(lesion.lesion_id, lesion.centroid_mm) for lesion in lesions]
+            save_nifti_case_figure(
+                pet_image, pet_labels, ct_image, staged["mip.png"], title=case_id, lesions=numbers
+            )
             if save_probabilities:
                 foreground = probabilities[1:] if self.activation == "softmax" else probabilities
                 restored, _ = restore_to_original(foreground, data, grid=grid, mode="linear")
