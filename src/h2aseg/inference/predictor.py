@@ -29,6 +29,7 @@ from h2aseg.data.layouts import read_dataset
 from h2aseg.data.transforms import PreprocessConfig, predict_transforms, restore_to_original
 from h2aseg.inference.quantify import atomic_output, case_summary, lesion_table, write_lesion_report
 from h2aseg.models import build_model
+from h2aseg.report import write_report
 from h2aseg.viz import save_nifti_case_figure
 
 logger = logging.getLogger(__name__)
@@ -311,7 +312,8 @@ def predict(
         source_dicom: the DICOM series folder a NIfTI input came from (for ``dicom_seg``).
 
     Returns:
-        One :class:`CaseResult` per case, in input order.
+        One :class:`CaseResult` per case, in input order; ``report.html`` in ``out_dir`` shows them
+        all (see :func:`h2aseg.report.write_report`).
     """
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
@@ -353,6 +355,7 @@ def predict(
         for result in results:
             out = out_dir / f"{result.case_id}_seg.dcm"
             write_dicom_seg(result.mask, Path(source_dicom), out, predictor.config.get("classes"))
+    write_report(out_dir / "report.html", results, predictor.config, paths)
     return results
 
 
