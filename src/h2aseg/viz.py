@@ -32,6 +32,7 @@ PREDICTION_COLOUR = "#e8112d"
 TRUTH_COLOUR = "#1f9e3a"
 SOFT_TISSUE_WINDOW_HU = (-160.0, 240.0)  # level 40 HU, width 400 HU
 MARKER_COLOUR = "#1f4e9c"
+MAX_NUMBERED_LESIONS = 15  # the largest ones (lowest ids); more numbers would hide the picture
 
 
 def save_case_figure(
@@ -67,8 +68,9 @@ def save_case_figure(
         ct_window_hu: HU range of the CT slice (soft-tissue window by default).
         origin_mm: RAS position (mm) of the PET voxel ``(0, 0, 0)``'s centre.
         ct_spacing_mm, ct_origin_mm: the CT's own spacing and origin, RAS.
-        lesions: ``(lesion_id, centroid_mm)`` pairs (RAS mm) of the lesion report; each id is
-            written beside the outline of the mask's connected component nearest its centroid.
+        lesions: ``(lesion_id, centroid_mm)`` pairs (RAS mm) of the lesion report; each id (the
+            :data:`MAX_NUMBERED_LESIONS` lowest) is written beside the outline of the mask's
+            connected component nearest its centroid.
     """
     pet_suv = np.asarray(pet_suv, dtype=np.float32)
     pet_grid = _Grid(pet_suv.shape, spacing_mm, origin_mm)
@@ -341,7 +343,7 @@ def _number_lesions(
     centroids = np.asarray(ndimage.center_of_mass(mask, components, range(1, count + 1))).reshape(count, 3)
     centroids_mm = grid.origin + centroids * grid.spacing
     coronal, sagittal, axial = panels
-    for lesion_id, centroid_mm in lesions:
+    for lesion_id, centroid_mm in sorted(lesions, key=lambda lesion: lesion[0])[:MAX_NUMBERED_LESIONS]:
         index = int(np.argmin(np.linalg.norm(centroids_mm - np.asarray(centroid_mm), axis=1)))
         box, centre = boxes[index], centroids_mm[index]
         # Beside the outline on the display's right: the low-index edge of the reversed a axis.
@@ -363,6 +365,7 @@ def _lesion_label(axes: Axes, lesion_id: int, a_mm: float, b_mm: float) -> None:
         ha="left",
         va="center",
         path_effects=[patheffects.withStroke(linewidth=2.5, foreground="white")],
+        clip_on=True,
     )
 
 
