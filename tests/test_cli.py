@@ -13,7 +13,17 @@ from h2aseg.cli import app
 
 runner = CliRunner()
 
-COMMANDS = ["demo", "phantom", "convert-dicom", "check-data", "train", "predict", "export", "evaluate", "bench"]
+COMMANDS = [
+    "demo",
+    "phantom",
+    "convert-dicom",
+    "check-data",
+    "train",
+    "predict",
+    "export",
+    "evaluate",
+    "bench",
+]
 
 
 def _error_line(result) -> str:

@@ -115,5 +115,5 @@ def test_dicom_seg_refusals(tmp_path: Path) -> None:
     far[:3, 3] = 1e5  # metres away from the scan
     nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), far), tmp_path / "far.nii.gz")
     with pytest.raises(ValueError, match=r"far\.nii\.gz: the mask lies outside the series"):
-        write_dicom_seg(tmp_path / "far.nii.gz", RAW_PET, tmp_path / "far.dcm")
+        write_dicom_seg(tmp_path / "far.nii.gz", CROPPED / "PET" / "dicom" / "image", tmp_path / "far.dcm")
     assert not (tmp_path / "far.dcm").exists()

@@ -20,7 +20,6 @@ from pathlib import Path
 import highdicom as hd
 import nibabel as nib
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
@@ -36,7 +35,7 @@ SOURCE_KINDS = (("PT", PET_IMAGE_STORAGE), ("CT", CT_IMAGE_STORAGE))
 
 
 def read_source_series(folder: Path) -> list[Dataset]:
-    """The slices (with pixel data) of the one PET or CT series under ``folder``, along the normal."""
+    """The slice headers of the one PET or CT series under ``folder``, ordered along the normal."""
     if not Path(folder).is_dir():
         raise ValueError(f"{folder}: not a folder")
     for modality, sop_class in SOURCE_KINDS:
@@ -46,7 +45,7 @@ def read_source_series(folder: Path) -> list[Dataset]:
             if "several" in str(error):
                 raise
             continue  # no series of this kind: try the next
-        return [pydicom.dcmread(path) for path, _ in _sorted_slices(files, Path(folder))]
+        return [ds for _, ds in _sorted_slices(files, Path(folder))]
     raise ValueError(f"{folder}: no PET or CT image series to reference")
 
 
