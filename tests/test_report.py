@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
+import matplotlib.image
 import nibabel as nib
 import numpy as np
 import pytest
@@ -147,11 +148,8 @@ def test_report_renders_in_a_headless_browser(report: Path, tmp_path: Path) -> N
         timeout=60,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
-    console = [
-        line for line in completed.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()
-    ]
-    assert console == []
-    import matplotlib.image
+    # The page has no script: any console message (a failed load, a parse error) is a fault.
+    assert [line for line in completed.stderr.splitlines() if "CONSOLE" in line] == []
 
     pixels = matplotlib.image.imread(screenshot)
     assert pixels.std() > 0.05  # not a blank page
