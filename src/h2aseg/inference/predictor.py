@@ -331,6 +331,13 @@ def predict(
         source_dicom = source_dicom or (ct_dicom if grid == "ct" else pet_dicom)
         if source_dicom is None or dataset is not None:
             raise ValueError("--dicom-seg needs DICOM input or --source-dicom with one --ct/--pet pair")
+        try:
+            from h2aseg.inference.dicom_seg import read_source_series, write_dicom_seg
+        except ImportError as error:
+            raise ValueError(
+                f"--dicom-seg needs highdicom: pip install 'h2aseg[dicom-seg]' ({error})"
+            ) from error
+        read_source_series(Path(source_dicom))  # a bad source folder fails before the prediction
     from h2aseg.inference.ensemble import load_ensemble  # imports this module
 
     paths = [model_path] if isinstance(model_path, (str, Path)) else list(model_path)
@@ -350,8 +357,6 @@ def predict(
             for case_id, case_ct, case_pet in track(cases, description="segmenting", disable=len(cases) < 2)
         ]
     if dicom_seg:
-        from h2aseg.inference.dicom_seg import write_dicom_seg
-
         for result in results:
             out = out_dir / f"{result.case_id}_seg.dcm"
             write_dicom_seg(result.mask, Path(source_dicom), out, predictor.config.get("classes"))

@@ -66,7 +66,12 @@ def export_model(
     temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp{out.suffix}")
     try:
         if format == "onnx":
-            _export_onnx(model, example, metadata, temporary, opset)
+            try:
+                _export_onnx(model, example, metadata, temporary, opset)
+            except ImportError as error:  # onnx or onnxscript (the exporter's) missing
+                raise ValueError(
+                    f"{out}: ONNX export needs pip install 'h2aseg[serving]' ({error})"
+                ) from error
         else:
             with torch.no_grad():
                 traced = torch.jit.trace(model, example, check_trace=False)
@@ -117,7 +122,12 @@ class OnnxNetwork(nn.Module):
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None) -> None:
         super().__init__()
-        import onnxruntime
+        try:
+            import onnxruntime
+        except ImportError as error:
+            raise ValueError(
+                f"{path}: running ONNX needs onnxruntime: pip install 'h2aseg[serving]'"
+            ) from error
 
         path = Path(path)
         if not path.is_file():
