@@ -211,3 +211,29 @@ def test_other_grid_is_named_or_resampled_like_simpleitk(tmp_path: Path) -> None
     for label, name in ((1, "label1"), (2, "label2")):
         assert summary["classes"][name]["dice"]["mean"] == pytest.approx(metrics[label].dice, abs=1e-6)
         assert summary["classes"][name]["precision"]["mean"] == pytest.approx(metrics[label].precision)
+
+
+def test_cli_per_class_table_labels_by_name_and_one_line_refusals(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from h2aseg.cli import app
+
+    pred_dir, gt_dir = write_cohort(tmp_path)
+    runner = CliRunner()
+    base = ["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--config", "configs/hecktor.yaml"]
+    result = runner.invoke(app, [*base, "--labels", "GTVn,GTVp", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.startswith("| prediction")]
+    assert [row.split(" | ")[1] for row in rows] == ["GTVn (2)", "GTVp (1)", "mean of classes"]
+    assert all(row.endswith("|") for row in rows)  # one line per row, whatever the terminal width
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["dice_agg"]["mean"] == pytest.approx((1 / 3 + 8 / 41) / 2, abs=1e-6)
+
+    result = runner.invoke(app, [*base, "--labels", "3"])
+    assert result.exit_code == 1 and "'3' is not a class" in result.output.strip().splitlines()[-1]
+    bad = hecktor_cohort()["A"][0].astype(np.float32) * 0.5
+    nib.save(nib.Nifti1Image(bad, np.diag([*SPACINGS["A"], 1.0])), pred_dir / "A_seg.nii.gz")
+    result = runner.invoke(app, base)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1
+    assert "A_seg.nii.gz: labels must be integer classes, found the value 0.5" in lines[0]
