@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from rich.progress import track
 
-from h2aseg.evaluation.masks import check_classes, load_label_map, load_label_pair
+from h2aseg.evaluation.masks import check_classes, foreground_labels, load_label_map, load_label_pair
 from h2aseg.evaluation.metrics import CaseMetrics, aggregated_dice_of_cases, compute_class_metrics
 from h2aseg.inference.quantify import atomic_output
 
@@ -283,8 +283,7 @@ def _class_names(classes: Mapping[int, str] | None, truth_paths: Sequence[Path])
         return names
     found: set[int] = set()
     for path in truth_paths:
-        found.update(np.unique(load_label_map(path)[0]).tolist())
-    found.discard(0)
+        found.update(foreground_labels(load_label_map(path)[0]))
     if found <= {1}:
         return {1: "lesion"}
     return {label: f"label{label}" for label in sorted(found)}

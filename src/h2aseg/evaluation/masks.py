@@ -16,7 +16,14 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["AFFINE_TOLERANCE_MM", "check_classes", "load_label_map", "load_label_pair", "resample_nearest"]
+__all__ = [
+    "AFFINE_TOLERANCE_MM",
+    "check_classes",
+    "foreground_labels",
+    "load_label_map",
+    "load_label_pair",
+    "resample_nearest",
+]
 
 AFFINE_TOLERANCE_MM = 1e-3
 """Largest difference between two affines' entries (mm) for which they are one grid."""
@@ -51,14 +58,18 @@ def load_label_map(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     return np.asarray(data, dtype=np.int16), image
 
 
+def foreground_labels(labels: np.ndarray) -> set[int]:
+    """The non-zero values of a label map."""
+    return set(np.unique(labels).tolist()) - {0}
+
+
 def check_classes(labels: np.ndarray, path: Path, classes: Collection[int]) -> None:
     """Refuse a label map holding a foreground value outside ``classes`` (one line naming the file).
 
     Raises:
         ValueError: a label of ``labels`` is neither 0 nor in ``classes``.
     """
-    present = set(np.unique(labels).tolist()) - {0}
-    unknown = sorted(present - set(classes))
+    unknown = sorted(foreground_labels(labels) - set(classes))
     if unknown:
         expected = ", ".join(str(label) for label in sorted({0, *classes}))
         raise ValueError(f"{path}: label {unknown[0]} is not one of the classes {expected} (0 = background)")
