@@ -14,7 +14,7 @@ import io
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 
@@ -274,7 +274,7 @@ def _find_prediction(pred_dir: Path, case_id: str) -> Path:
     raise ValueError(f"{pred_dir}: no prediction for case {case_id!r} (expected {case_id}_seg.nii.gz)")
 
 
-def _class_names(classes: Mapping[int, str] | None, truth_paths: Sequence[Path]) -> dict[int, str]:
+def _class_names(classes: Mapping[int, str] | None, truth_paths: Iterable[Path]) -> dict[int, str]:
     """Foreground label → name: from ``classes`` when given, else the labels found in the truth masks."""
     if classes is not None:
         names = {int(label): str(name) for label, name in classes.items() if int(label) != 0}

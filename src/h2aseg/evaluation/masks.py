@@ -3,8 +3,9 @@
 A mask file must hold integer classes (0 = background); fractions, negative values and non-finite values
 are refused with one line naming the file, never thresholded. Prediction and truth must lie on one grid
 (same shape and affine); otherwise the prediction can be resampled onto the truth grid by nearest
-neighbour, as the HECKTOR 2022 organisers do (SimpleITK ``ResampleImageFilter`` with the truth's size,
-origin, spacing and direction, ``sitkNearestNeighbor``, 0 outside the prediction).
+neighbour as the HECKTOR 2022 organisers' notebook does (SimpleITK ``ResampleImageFilter`` with the
+truth's size, origin, spacing and direction, ``sitkNearestNeighbor``, 0 outside the prediction; they
+use it to crop or pad a prediction of the CT's spacing, here any grid is accepted).
 """
 
 from __future__ import annotations
