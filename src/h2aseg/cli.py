@@ -187,7 +187,10 @@ def evaluate(
     ] = None,
     labels: Annotated[
         list[str] | None,
-        typer.Option(help="Classes to score, numbers or names: --labels 1,2 or --labels GTVp (default all)."),
+        typer.Option(
+            metavar="LABELS",
+            help="Classes to score, numbers or names: --labels 1,2 or --labels GTVp (default all).",
+        ),
     ] = None,
     resample_to_truth: Annotated[
         bool, typer.Option(help="Resample predictions on another grid onto the truth's (nearest neighbour).")
