@@ -24,6 +24,7 @@ from h2aseg.evaluation.metrics import compute_class_metrics, grid_diagonal_mm
 SHAPE = (6, 6, 6)
 SPACINGS = {"A": (1.0, 1.0, 2.0), "B": (2.0, 2.0, 2.0), "C": (1.0, 1.0, 1.0), "D": (1.0, 1.0, 1.0)}
 CLASSES = {0: "background", 1: "GTVp", 2: "GTVn"}
+HECKTOR_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hecktor.yaml"
 
 
 def hecktor_cohort() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -220,7 +221,7 @@ def test_cli_per_class_table_labels_by_name_and_one_line_refusals(tmp_path: Path
 
     pred_dir, gt_dir = write_cohort(tmp_path)
     runner = CliRunner()
-    base = ["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--config", "configs/hecktor.yaml"]
+    base = ["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--config", str(HECKTOR_CONFIG)]
     result = runner.invoke(app, [*base, "--labels", "GTVn,GTVp", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if line.startswith("| prediction")]

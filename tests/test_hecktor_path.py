@@ -34,7 +34,7 @@ def test_three_classes_from_phantom_to_per_class_metrics(tmp_path: Path) -> None
         assert set(np.unique(label).tolist()) <= {0, 1, 2} and (label == 1).any()
         assert cc3d.connected_components(label == 2, connectivity=26, return_N=True)[1] <= 3
 
-    hecktor = yaml.safe_load(Path("configs/hecktor.yaml").read_text())
+    hecktor = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "hecktor.yaml").read_text())
     config = {
         **hecktor,
         "output_dir": str(tmp_path / "run"),
