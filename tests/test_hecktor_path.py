@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import cc3d
@@ -57,8 +58,10 @@ def test_three_classes_from_phantom_to_per_class_metrics(tmp_path: Path) -> None
 
     predictor = Predictor.from_checkpoint(best, device="cpu")
     assert predictor.out_channels == 3
-    predictions = tmp_path / "predictions"
-    for case in cases:
+    predictions, truths = tmp_path / "predictions", tmp_path / "truth"
+    truths.mkdir()
+    for case in cases[:2]:
+        shutil.copyfile(case.label, truths / f"{case.case_id}.nii.gz")
         result = predictor.predict_case(case.ct, case.pet, predictions, case.case_id, grid="ct")
         mask, ct = nib.load(result.mask), nib.load(case.ct)
         assert mask.shape == ct.shape and np.allclose(mask.affine, ct.affine)
@@ -68,10 +71,8 @@ def test_three_classes_from_phantom_to_per_class_metrics(tmp_path: Path) -> None
         assert sum(block["lesion_count"] for block in report["classes"].values()) == report["lesion_count"]
         assert all(lesion["class_label"] in (1, 2) for lesion in report["lesions"])
 
-    summary = evaluate_folder(
-        predictions, tmp_path / "data", tmp_path / "evaluation", classes=resolved["classes"]
-    )
-    assert list(summary["classes"]) == ["GTVp", "GTVn"] and summary["n_cases"] == 5
-    assert summary["classes"]["GTVp"]["dice"]["n"] == 5
+    summary = evaluate_folder(predictions, truths, tmp_path / "evaluation", classes=resolved["classes"])
+    assert list(summary["classes"]) == ["GTVp", "GTVn"] and summary["n_cases"] == 2
+    assert summary["classes"]["GTVp"]["dice"]["n"] == 2
     header = (tmp_path / "evaluation" / "per_case.csv").read_text().splitlines()[0]
     assert "GTVp_dice" in header and "GTVn_fpv_ml" in header
