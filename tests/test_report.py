@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from h2aseg.inference.quantify import lesion_table, write_lesion_report
-from h2aseg.report import lesion_classes, write_report
+from h2aseg.report import write_report
 from h2aseg.viz import save_nifti_case_figure
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -79,8 +79,8 @@ def _case(folder: Path, case_id: str, shift: int) -> Case:
     pet_image = nib.Nifti1Image(pet, affine)
     paths = {name: folder / f"{case_id}_{name}" for name in ("seg.nii.gz", "lesions.csv", "mip.png")}
     nib.save(nib.Nifti1Image(labels, affine), paths["seg.nii.gz"])
-    lesions = lesion_table(labels > 0, pet, affine)
-    write_lesion_report(lesions, paths["lesions.csv"], folder / f"{case_id}_summary.json", case_id)
+    lesions = lesion_table(labels, pet, affine)
+    write_lesion_report(lesions, paths["lesions.csv"], folder / f"{case_id}_summary.json", case_id, CLASSES)
     numbers = [(lesion.lesion_id, lesion.centroid_mm) for lesion in lesions]
     save_nifti_case_figure(pet_image, labels, ct, paths["mip.png"], title=case_id, lesions=numbers)
     return Case(case_id, paths["seg.nii.gz"], paths["lesions.csv"], paths["mip.png"])
@@ -121,16 +121,6 @@ def test_report_is_self_contained_with_one_section_per_case(report: Path) -> Non
     assert [row[:2] for row in classes[1:]] == [["GTVp", "1"], ["GTVn", "1"]]
     text = report.read_text(encoding="utf-8")
     assert "fold0.ckpt" in text and "fold1.ckpt" in text and "ensemble" in text and "&quot;GTVn&quot;" in text
-
-
-def test_lesion_classes_follow_the_majority_label(tmp_path: Path) -> None:
-    labels = np.zeros((10, 10, 10), np.uint8)
-    labels[1:4, 1:4, 1:4] = 2
-    labels[1, 1, 1] = 1  # one voxel of another class inside: the majority wins
-    labels[6:9, 6:9, 6:9] = 1
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    nib.save(nib.Nifti1Image(labels, affine), tmp_path / "m.nii.gz")
-    assert lesion_classes(tmp_path / "m.nii.gz", [[14.0, 14.0, 14.0], [4.0, 4.0, 4.0]]) == [1, 2]
 
 
 def test_report_renders_in_a_headless_browser(report: Path, tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 One section per case with its picture (PET MIPs and the axial CT, see :mod:`h2aseg.viz`), the
 lesion table (MTV, SUVmax, SUVmean, SUVpeak, TLG per lesion, with its class) and the totals per
 class; then the model files and the run's config. Numbers are read back from the files the case
-wrote (``{case}_lesions.csv``, ``{case}_seg.nii.gz``), so the page shows exactly what they hold.
+wrote (``{case}_lesions.csv``, ``{case}_mip.png``), so the page shows exactly what they hold.
 """
 
 from __future__ import annotations
@@ -17,11 +17,6 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
-
-import cc3d
-import nibabel as nib
-import numpy as np
-from scipy import ndimage
 
 from h2aseg import __version__
 
@@ -50,7 +45,6 @@ class CaseFiles(Protocol):
     """What the report needs of a case (:class:`h2aseg.inference.predictor.CaseResult` has it)."""
 
     case_id: str
-    mask: Path
     lesions_csv: Path
     figure: Path
 
@@ -101,9 +95,8 @@ def write_report(
 def _case_section(case: CaseFiles, classes: Mapping[int, str]) -> str:
     with Path(case.lesions_csv).open(newline="") as stream:
         rows = list(csv.DictReader(stream))
-    centroids = [[float(row[f"centroid_{axis}_mm"]) for axis in "xyz"] for row in rows]
-    for row, label in zip(rows, lesion_classes(case.mask, centroids), strict=True):
-        row["class"] = classes.get(label, str(label))
+    for row in rows:
+        row["class"] = classes.get(int(row["class_label"]), row["class_label"])
     picture = base64.b64encode(Path(case.figure).read_bytes()).decode("ascii")
     case_id = html.escape(case.case_id)
     return "\n".join(
@@ -158,30 +151,3 @@ def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, 
         for row in rows
     )
     return f'<table class="{kind}"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def lesion_classes(mask_path: Path, centroids_mm: Sequence[Sequence[float]]) -> list[int]:
-    """The class of each lesion: the most frequent label of the mask's component nearest its centroid.
-
-    Args:
-        mask_path: the case's label NIfTI (any grid: the PET's or, with ``--grid ct``, the CT's).
-        centroids_mm: the lesions' RAS centroids (mm), as in the lesion CSV.
-
-    Returns:
-        One label per lesion (0 when the mask is empty).
-    """
-    if not centroids_mm:
-        return []
-    image = nib.load(mask_path)
-    labels = np.asarray(image.dataobj).astype(np.int64)
-    components, count = cc3d.connected_components(labels > 0, connectivity=18, return_N=True)
-    if count == 0:
-        return [0] * len(centroids_mm)
-    indices = range(1, count + 1)
-    centres = np.asarray(ndimage.center_of_mass(labels > 0, components, indices)).reshape(count, 3)
-    centres_mm = nib.affines.apply_affine(image.affine, centres)
-    present = np.unique(labels[labels > 0])
-    votes = np.stack([ndimage.sum(labels == label, components, indices) for label in present])
-    majority = [int(label) for label in present[np.argmax(votes, axis=0)]]
-    nearest = [int(np.argmin(np.linalg.norm(centres_mm - np.asarray(c), axis=1))) for c in centroids_mm]
-    return [majority[index] for index in nearest]

@@ -77,8 +77,9 @@ def save_case_figure(
     own_ct = ct_spacing_mm is not None and ct_origin_mm is not None
     ct_hu = np.asarray(ct_hu)
     ct_grid = _Grid(ct_hu.shape, ct_spacing_mm, ct_origin_mm) if own_ct else pet_grid
-    masks = {} if truth is None else {"truth": np.asarray(truth) != 0}
-    masks["prediction"] = np.asarray(mask) != 0  # drawn last, on top of the truth
+    label_masks = {} if truth is None else {"truth": _classes(truth)}
+    label_masks["prediction"] = _classes(mask)  # drawn last, on top of the truth
+    masks = {name: labels != 0 for name, labels in label_masks.items()}
     checks = (*masks.items(), *(() if own_ct else (("CT", ct_hu),)))
     for name, array in checks:
         if array.shape != pet_suv.shape:
@@ -102,15 +103,15 @@ def save_case_figure(
         _outline(axial, lesion_mask[:, :, slice_z], pet_grid, (0, 1), colours[name])
     coronal.axhline(z_mm, color=MARKER_COLOUR, linestyle="--", linewidth=1.0)
     sagittal.axhline(z_mm, color=MARKER_COLOUR, linestyle="--", linewidth=1.0)
-    _number_lesions((coronal, sagittal, axial), masks["prediction"], pet_grid, lesions, slice_z)
+    _number_lesions((coronal, sagittal, axial), label_masks["prediction"], pet_grid, lesions, slice_z)
     _label_directions(coronal, ("R", "L", "H", "F"))
     _label_directions(sagittal, ("A", "P", "H", "F"))
     _label_directions(axial, ("R", "L", "A", "P"))
     colour_bar = figure.colorbar(mip, ax=[coronal, sagittal], location="left", shrink=0.7, pad=0.02)
     colour_bar.set_label(f"SUV (g/mL), window {suv_window[0]:g}-{suv_window[1]:g}", fontsize=11)
     handles = [
-        Line2D([], [], color=colours[name], label=_legend_text(name, lesion_mask, pet_grid.spacing))
-        for name, lesion_mask in reversed(masks.items())
+        Line2D([], [], color=colours[name], label=_legend_text(name, labels, pet_grid.spacing))
+        for name, labels in reversed(label_masks.items())
     ]
     figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=11)
     if title:
@@ -143,20 +144,19 @@ def save_nifti_case_figure(
     """
     pet_suv = np.asarray(pet_image.dataobj, dtype=np.float32)
     orientation = nib.orientations.io_orientation(pet_image.affine)
-    pet_ras = _ras_grid(pet_image.affine, pet_suv.shape)
-    ct_ras = _ras_grid(ct_image.affine, ct_image.shape[:3])
+    spacing, origin, pet_aligned = _ras_grid(pet_image.affine, pet_suv.shape)
+    ct_spacing, ct_origin, ct_aligned = _ras_grid(ct_image.affine, ct_image.shape[:3])
     ct_own = {}
-    if ct_ras is not None and pet_ras is not None:
+    if pet_aligned and ct_aligned:
         ct_orientation = nib.orientations.io_orientation(ct_image.affine)
         ct_hu = nib.orientations.apply_orientation(np.asarray(ct_image.dataobj, np.float32), ct_orientation)
-        ct_own = {"ct_spacing_mm": ct_ras[0], "ct_origin_mm": ct_ras[1]}
+        ct_own = {"ct_spacing_mm": ct_spacing, "ct_origin_mm": ct_origin}
     else:
         grid = (pet_suv.shape, pet_image.affine)
         ct_hu = nib_processing.resample_from_to(ct_image, grid, order=1, mode="nearest").get_fdata(
             dtype=np.float32
         )
         ct_hu = nib.orientations.apply_orientation(ct_hu, orientation)
-    spacing, origin = pet_ras if pet_ras is not None else _ras_spacing_origin(pet_image.affine, pet_suv.shape)
 
     def to_ras(array: np.ndarray) -> np.ndarray:
         return nib.orientations.apply_orientation(np.asarray(array), orientation)
@@ -267,21 +267,14 @@ class _Grid:
         return float(centres.min() - half), float(centres.max() + half)
 
 
-def _ras_grid(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(spacing, origin)`` of the grid reoriented to RAS, or ``None`` when its axes are oblique."""
+def _ras_grid(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(spacing, origin, axis_aligned)`` of the grid reoriented to RAS; spacing and origin are
+    approximate (the columns' lengths) when its axes are oblique (``axis_aligned`` False)."""
     orientation = nib.orientations.io_orientation(affine)
     ras_affine = affine @ nib.orientations.inv_ornt_aff(orientation, shape)
     rotation = ras_affine[:3, :3]
-    if not np.allclose(rotation, np.diag(np.diag(rotation)), atol=1e-4 * np.abs(rotation).max()):
-        return None
-    return np.diag(rotation).copy(), ras_affine[:3, 3].copy()
-
-
-def _ras_spacing_origin(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Spacing and voxel-(0, 0, 0) position of an oblique grid reoriented to RAS (approximate axes)."""
-    orientation = nib.orientations.io_orientation(affine)
-    ras_affine = affine @ nib.orientations.inv_ornt_aff(orientation, shape)
-    return np.linalg.norm(ras_affine[:3, :3], axis=0), ras_affine[:3, 3].copy()
+    aligned = np.allclose(rotation, np.diag(np.diag(rotation)), atol=1e-4 * np.abs(rotation).max())
+    return np.linalg.norm(rotation, axis=0), ras_affine[:3, 3].copy(), bool(aligned)
 
 
 def _to_display(plane: np.ndarray) -> np.ndarray:
@@ -335,12 +328,17 @@ def _number_lesions(
     lesions: Sequence[tuple[int, Sequence[float]]],
     slice_z: int,
 ) -> None:
-    """Write each lesion's id beside its component's outline on the MIPs (and the axial slice)."""
+    """Write each lesion's id beside its component's outline on the MIPs (and the axial slice).
+
+    Components as in the lesion report: 18-connected within one class of the label mask.
+    """
     if not lesions or not mask.any():
         return
     components, count = cc3d.connected_components(mask, connectivity=18, return_N=True)
     boxes = ndimage.find_objects(components)
-    centroids = np.asarray(ndimage.center_of_mass(mask, components, range(1, count + 1))).reshape(count, 3)
+    centroids = np.asarray(ndimage.center_of_mass(mask != 0, components, range(1, count + 1))).reshape(
+        count, 3
+    )
     centroids_mm = grid.origin + centroids * grid.spacing
     coronal, sagittal, axial = panels
     for lesion_id, centroid_mm in sorted(lesions, key=lambda lesion: lesion[0])[:MAX_NUMBERED_LESIONS]:
@@ -385,10 +383,17 @@ def _label_directions(axes: Axes, letters: tuple[str, str, str, str]) -> None:
     axes.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
 
 
-def _legend_text(name: str, lesion_mask: np.ndarray, spacing: np.ndarray) -> str:
-    """``"prediction: 3 lesions, MTV 12.4 mL"``, lesions counted 18-connected like the report."""
-    _, count = cc3d.connected_components(lesion_mask, connectivity=18, return_N=True)
-    mtv_ml = float(lesion_mask.sum()) * float(np.prod(spacing)) / 1000.0
+def _classes(mask: np.ndarray) -> np.ndarray:
+    """A mask as integer classes (bool → uint8 0/1), for per-class components."""
+    mask = np.asarray(mask)
+    return mask.astype(np.uint8) if mask.dtype == bool else mask.astype(np.int64, copy=False)
+
+
+def _legend_text(name: str, labels: np.ndarray, spacing: np.ndarray) -> str:
+    """``"prediction: 3 lesions, MTV 12.4 mL"``, lesions counted like the report (18-connected
+    within each class)."""
+    _, count = cc3d.connected_components(labels, connectivity=18, return_N=True)
+    mtv_ml = float((labels != 0).sum()) * float(np.prod(spacing)) / 1000.0
     return f"{name}: {count} lesion{'s' if count != 1 else ''}, MTV {mtv_ml:.1f} mL"
 
 
