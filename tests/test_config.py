@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from h2aseg.training.config import SCHEMA, resolve_config, save_config
+from h2aseg.config import SCHEMA, resolve_config, save_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

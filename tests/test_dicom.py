@@ -13,9 +13,9 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from h2aseg.data.dicom import CT_IMAGE_STORAGE, DicomSuvError, convert_dicom, read_ct_hu, read_pet_suv
-from h2aseg.data.rtstruct import RtStructError, rtstruct_to_mask
-from h2aseg.data.suv import PET_IMAGE_STORAGE
+from h2aseg.data.dicom.rtstruct import RtStructError, rtstruct_to_mask
+from h2aseg.data.dicom.series import CT_IMAGE_STORAGE, DicomSuvError, convert_dicom, read_ct_hu, read_pet_suv
+from h2aseg.data.dicom.suv import PET_IMAGE_STORAGE
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FRAME_UID = "1.2.826.0.1.3680043.8.498.2"

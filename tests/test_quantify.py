@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from h2aseg.inference.quantify import (
+from h2aseg.evaluation.quantify import (
     CSV_COLUMNS,
     atomic_output,
     case_summary,

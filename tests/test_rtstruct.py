@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from h2aseg.data.rtstruct import (
+from h2aseg.data.dicom.rtstruct import (
     FRAME_OF_REFERENCE_KEY,
     RT_STRUCTURE_SET_STORAGE,
     RtStructError,

@@ -67,7 +67,7 @@ def demo(
     ] = None,
 ) -> None:
     """Synthetic cohort -> train H2ASeg -> predict held-out cases -> metrics, masks, reports, pictures."""
-    from h2aseg.demo import run_demo
+    from h2aseg.pipeline.demo import run_demo
 
     _run(lambda: run_demo(out, n_cases=cases, seed=seed, max_minutes=minutes))
 
@@ -81,7 +81,7 @@ def phantom(
     preset: Annotated[str, typer.Option(help="small | autopet | hecktor")] = "small",
 ) -> None:
     """Write a synthetic PET/CT cohort (CT in HU, PET in SUV, lesion masks) in a real dataset layout."""
-    from h2aseg.data.phantom import write_cohort
+    from h2aseg.phantom.cohort import write_cohort
 
     written = _run(lambda: write_cohort(out, n_cases=cases, seed=seed, layout=layout, preset=preset))
     console.print(f"wrote {len(written)} cases ({layout} layout, {preset} preset) to {out}")
@@ -96,7 +96,7 @@ def convert_dicom(
     roi: Annotated[str | None, typer.Option(help="ROI name in the RTSTRUCT.")] = None,
 ) -> None:
     """CT + PET DICOM series -> NIfTI, PET in body-weight SUV, CT on the PET grid."""
-    from h2aseg.data.dicom import convert_dicom as convert
+    from h2aseg.data.dicom.series import convert_dicom as convert
 
     if ct is None and pet is None:
         console.print("[bold red]error:[/] give --ct, --pet or both")

@@ -21,7 +21,7 @@ import numpy as np
 from rich.progress import track
 
 from h2aseg.evaluation.metrics import CaseMetrics, aggregated_dice_of_cases, compute_case_metrics
-from h2aseg.inference.quantify import atomic_output
+from h2aseg.evaluation.quantify import atomic_output
 
 __all__ = ["evaluate_folder", "find_truth_masks", "format_summary_table", "summarize_cases"]
 

@@ -1,7 +1,8 @@
-"""Prediction (sliding window, TTA, original geometry) and lesion quantification."""
+"""Prediction (sliding window, TTA, original geometry); the lesion quantification names are
+re-exported from ``h2aseg.evaluation.quantify`` where they now live."""
 
+from h2aseg.evaluation.quantify import Lesion, case_summary, lesion_table, write_lesion_report
 from h2aseg.inference.predictor import CaseResult, Predictor, predict
-from h2aseg.inference.quantify import Lesion, case_summary, lesion_table, write_lesion_report
 
 __all__ = [
     "CaseResult",

@@ -24,10 +24,10 @@ from monai.inferers import sliding_window_inference
 from rich.progress import track
 from torch import nn
 
-from h2aseg.data.dicom import convert_dicom
+from h2aseg.data.dicom.series import convert_dicom
 from h2aseg.data.layouts import read_dataset
 from h2aseg.data.transforms import PreprocessConfig, predict_transforms, restore_to_original
-from h2aseg.inference.quantify import atomic_output, case_summary, lesion_table, write_lesion_report
+from h2aseg.evaluation.quantify import atomic_output, case_summary, lesion_table, write_lesion_report
 from h2aseg.models import build_model
 from h2aseg.viz import save_nifti_case_figure
 
@@ -51,7 +51,7 @@ class CaseResult:
         summary_json: ``{case}_summary.json``, case totals and the lesions.
         figure: ``{case}_mip.png``, PET MIPs and CT slice with the outlines.
         probabilities: ``{case}_prob.nii.gz`` (float32) when requested, else ``None``.
-        summary: the case totals (see :func:`h2aseg.inference.quantify.case_summary`).
+        summary: the case totals (see :func:`h2aseg.evaluation.quantify.case_summary`).
     """
 
     case_id: str

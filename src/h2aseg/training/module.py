@@ -13,8 +13,8 @@ from monai.metrics import DiceMetric
 from monai.utils import convert_to_tensor
 from torch.nn import functional as F
 
+from h2aseg.config import to_plain
 from h2aseg.models import build_model
-from h2aseg.training.config import to_plain
 from h2aseg.training.loss import DeepSupervisionLoss
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class SegmentationModule(lightning.LightningModule):
     (whole volumes by Gaussian sliding window, foreground Dice) of one registered network.
 
     Args:
-        config: the resolved run config (:func:`h2aseg.training.config.resolve_config`); stored as the
+        config: the resolved run config (:func:`h2aseg.config.resolve_config`); stored as the
             checkpoint's ``hyper_parameters["config"]``.
 
     Logged: ``train/loss`` (per step and per epoch), ``val/dice`` (mean foreground Dice over the

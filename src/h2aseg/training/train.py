@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from h2aseg.training.config import CONFIG_FILENAME, resolve_config, save_config, sibling_temporary
+from h2aseg.config import CONFIG_FILENAME, resolve_config, save_config, sibling_temporary
 from h2aseg.training.datamodule import PETCTDataModule
 from h2aseg.training.module import SegmentationModule
 
@@ -129,7 +129,7 @@ def run_training(
     """Seed, save the resolved config, build module, data and trainer, and fit.
 
     Args:
-        config: resolved config (:func:`h2aseg.training.config.resolve_config`).
+        config: resolved config (:func:`h2aseg.config.resolve_config`).
         resume: continue from ``output_dir/checkpoints/last.ckpt``.
         callbacks: extra Lightning callbacks.
 

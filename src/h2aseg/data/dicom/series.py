@@ -1,7 +1,7 @@
 """PET/CT DICOM series to NIfTI: PET in body-weight SUV (g/mL), CT in HU, both on the PET grid.
 
 Pixel data and geometry come from SimpleITK (which applies each slice's own rescale slope),
-tags from pydicom; the SUV factor from :mod:`h2aseg.data.suv`.
+tags from pydicom; the SUV factor from :mod:`h2aseg.data.dicom.suv`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from h2aseg.data.rtstruct import FRAME_OF_REFERENCE_KEY, roi_names, rtstruct_to_mask
-from h2aseg.data.suv import (
+from h2aseg.data.dicom.rtstruct import FRAME_OF_REFERENCE_KEY, roi_names, rtstruct_to_mask
+from h2aseg.data.dicom.suv import (
     PET_IMAGE_STORAGE,
     DicomSuvError,
     SuvCalibration,
@@ -111,7 +111,8 @@ def read_pet_suv(series_dir: Path, series_uid: str | None = None) -> sitk.Image:
         FrameOfReferenceUID.
 
     Raises:
-        DicomSuvError: the series cannot be converted to SUV (see :func:`h2aseg.data.suv.suv_calibration`).
+        DicomSuvError: the series cannot be converted to SUV (see
+            :func:`h2aseg.data.dicom.suv.suv_calibration`).
         ValueError: no PET series, several, or slices sharing a position.
     """
     series_dir = Path(series_dir)
@@ -194,7 +195,7 @@ def convert_dicom(
         ``{"pet_suv": path, "ct": path, "mask": path}``, with only the files written.
 
     Raises:
-        ValueError: from the readers and :func:`h2aseg.data.rtstruct.rtstruct_to_mask`
+        ValueError: from the readers and :func:`h2aseg.data.dicom.rtstruct.rtstruct_to_mask`
             (DicomSuvError and RtStructError are ValueErrors), or neither folder given.
     """
     if ct_dir is None and pet_dir is None:

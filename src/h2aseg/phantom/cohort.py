@@ -1,6 +1,6 @@
 """Synthetic FDG PET/CT cohort: realistic enough that both modalities matter, fast enough for a CPU.
 
-A case is an analytic body (:mod:`h2aseg.data.anatomy`) with CT in HU and PET in body-weight
+A case is an analytic body (:mod:`h2aseg.phantom.anatomy`) with CT in HU and PET in body-weight
 SUV: fat, muscle, lungs, liver, spleen, kidneys, bowel, bladder, heart, bones and, for
 whole-body and head-and-neck presets, brain, tonsils and salivary glands. Organs with
 physiological FDG uptake (brain, myocardium, kidneys, bladder, bowel, tonsils) mimic tumours in
@@ -29,16 +29,16 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy import ndimage
 
-from h2aseg.data.anatomy import TISSUE_INDEX, body_paints
 from h2aseg.data.layouts import Case, case_paths, read_dataset, write_nnunet_dataset_json
-from h2aseg.data.phantom_sampling import (
+from h2aseg.phantom.anatomy import TISSUE_INDEX, body_paints
+from h2aseg.phantom.sampling import (
     CaseParams,
     Preset,
     PresetName,
     resolve_preset,
     sample_case_parameters,
 )
-from h2aseg.data.phantom_shapes import render, resample_to_grid
+from h2aseg.phantom.shapes import render, resample_to_grid
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class PhantomCase:
         pet_suv: PET in body-weight SUV, float32 ``(X', Y', Z')`` on the PET grid.
         pet_affine: RAS affine ``(4, 4)`` of the PET grid.
         mask: true lesion extent, uint8 on the CT grid (1 = lesion; HECKTOR 1 = GTVp, 2 = GTVn).
-        tissues: tissue index of each CT voxel (see :data:`h2aseg.data.anatomy.TISSUES`).
+        tissues: tissue index of each CT voxel (see :data:`h2aseg.phantom.anatomy.TISSUES`).
         params: the parameters the case was rendered from.
     """
 

@@ -1,0 +1,1 @@
+"""End-to-end pipelines above inference: the demo (``demo``)."""
