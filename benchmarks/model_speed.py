@@ -43,6 +43,8 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 
+from h2aseg.io import write_text_atomic
+
 logger = logging.getLogger("model_speed")
 
 OURS = {
@@ -113,8 +115,8 @@ def main(argv: list[str] | None = None) -> None:
                         logger.info("%s", result)
                     report["results"].extend(results)
                     if args.out:
-                        write_atomic(args.out, json.dumps(report, indent=2) + "\n")
-                        write_atomic(args.out.with_suffix(".md"), markdown_table(report))
+                        write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
+                        write_text_atomic(args.out.with_suffix(".md"), markdown_table(report))
 
 
 def config_of(args: argparse.Namespace) -> dict[str, object]:
@@ -328,14 +330,6 @@ def markdown_table(report: dict[str, object]) -> str:
                 cells += ["–", "–", "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
 
 
 if __name__ == "__main__":

@@ -1,138 +1,200 @@
-"""Run configs: load a YAML file, apply dotted ``key=value`` overrides, fill defaults, validate.
+"""Run configs on OmegaConf structured configs: one typed schema, YAML file, dotted overrides, checks.
 
-The schema is the one of ``docs/internals.md`` (section *Configs*); ``docs/training.md`` documents
-every key. The resolved config is made of plain types only (dicts, lists, strings, numbers, booleans,
-``None``) so that it can be stored inside a checkpoint that loads with ``weights_only=True``.
+:class:`RunConfig` (dataclasses) holds every key and its default, once; ``docs/training.md``
+documents them. :func:`resolve_config` merges a YAML file and ``key=value`` overrides onto it,
+refuses unknown keys and wrong types with the dotted key named, and returns a ``DictConfig``
+(``config.trainer.batch_size`` and ``config["trainer"]["batch_size"]`` both work). Checkpoints and
+``config.yaml`` hold :func:`to_plain` of it (dicts, lists, strings, numbers, booleans, ``None``)
+so that they load with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import os
-import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from h2aseg.data.layouts import LAYOUTS
+from h2aseg.data.transforms import PreprocessConfig
+from h2aseg.io import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILENAME = "config.yaml"
 
-
-@dataclass(frozen=True)
-class Field:
-    """One leaf of the schema: the accepted types and the default (``None`` allowed if listed)."""
-
-    types: tuple[type, ...]
-    default: Any
+TARGETS = ("binary", "multiclass")
+BLEND_MODES = ("gaussian", "constant")
+SCHEDULES = ("exponential", "poly")
 
 
-_INT = (int,)
-_FLOAT = (float,)
-_STR = (str,)
-_NONE = (type(None),)
+@dataclass
+class DataConfig:
+    """The ``data:`` section (meanings in ``docs/training.md``)."""
 
-# Sections whose keys are free: ``model`` holds keyword arguments of ``build_model``, ``preprocess``
-# the fields of ``PreprocessConfig`` (checked by ``PreprocessConfig.from_dict``), ``classes`` the
-# label names.
-FREE_SECTIONS = ("model", "preprocess", "classes")
+    root: str | None = None
+    layout: str = "auto"
+    split_file: str | None = None
+    split_ratios: list[float] = field(default_factory=lambda: [6, 2, 2])
+    fold: int | None = None
+    n_folds: int = 5
+    target: str = "binary"
+    cache_dir: str | None = None
+    cache_in_memory: bool = False
+    num_workers: int = 0
 
-SCHEMA: dict[str, Any] = {
-    "seed": Field(_INT, 0),
-    "output_dir": Field(_STR, "runs/h2aseg"),
-    "data": {
-        "root": Field(_STR + _NONE, None),
-        "layout": Field(_STR, "auto"),
-        "split_file": Field(_STR + _NONE, None),
-        "split_ratios": Field((list,), [6, 2, 2]),
-        "fold": Field(_INT + _NONE, None),
-        "n_folds": Field(_INT, 5),
-        "target": Field(_STR, "binary"),
-        "cache_dir": Field(_STR + _NONE, None),
-        "cache_in_memory": Field((bool,), False),
-        "num_workers": Field(_INT, 0),
-    },
-    "loss": {
-        "deep_supervision_weights": Field((list, type(None)), [5, 4, 3, 2, 1]),
-        "batch_dice": Field((bool,), False),
-    },
-    "optim": {
-        "lr": Field(_FLOAT, 1.0e-4),
-        "weight_decay": Field(_FLOAT, 1.0e-5),
-        "lr_decay": Field(_FLOAT, 0.99),
-        "schedule": Field(_STR, "exponential"),
-    },
-    "trainer": {
-        "max_epochs": Field(_INT, 200),
-        "max_time_minutes": Field(_FLOAT + _NONE, None),
-        "batch_size": Field(_INT, 2),
-        "val_every": Field(_INT, 5),
-        "accelerator": Field(_STR, "auto"),
-        "devices": Field(_INT + _STR + (list,), "auto"),
-        "num_nodes": Field(_INT, 1),
-        "strategy": Field(_STR, "auto"),
-        "precision": Field(_STR + _INT, "32-true"),
-        "limit_train_batches": Field(_INT + _FLOAT + _NONE, None),
-        "limit_val_batches": Field(_INT + _FLOAT + _NONE, None),
-        "log_every_n_steps": Field(_INT, 10),
-        "ema_decay": Field(_FLOAT + _NONE, None),
-    },
-    "inference": {
-        "sw_batch_size": Field(_INT, 2),
-        "overlap": Field(_FLOAT, 0.5),
-        "mode": Field(_STR, "gaussian"),
-        "tta_flips": Field((bool,), False),
-    },
-    "model": {"name": "h2aseg"},
-    "preprocess": {},
-    "classes": {0: "background", 1: "lesion"},
-}
+
+@dataclass
+class LossConfig:
+    """The ``loss:`` section."""
+
+    deep_supervision_weights: list[float] | None = field(default_factory=lambda: [5, 4, 3, 2, 1])
+    batch_dice: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """The ``optim:`` section."""
+
+    lr: float = 1.0e-4
+    weight_decay: float = 1.0e-5
+    lr_decay: float = 0.99
+    schedule: str = "exponential"
+
+
+@dataclass
+class TrainerConfig:
+    """The ``trainer:`` section; ``Any`` fields take several types, checked in :func:`_check_values`."""
+
+    max_epochs: int = 200
+    max_steps: int | None = None
+    max_time_minutes: float | None = None
+    batch_size: int = 2
+    val_every: int = 5
+    accelerator: str = "auto"
+    devices: Any = "auto"  # int, list of device indices, or "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: Any = "32-true"  # str or int (Lightning's)
+    limit_train_batches: Any = None  # int (batches), float (fraction) or None
+    limit_val_batches: Any = None
+    log_every_n_steps: int = 10
+    ema_decay: float | None = None
+
+
+@dataclass
+class InferenceConfig:
+    """The ``inference:`` section: sliding window of validation and prediction, flip TTA."""
+
+    sw_batch_size: int = 2
+    overlap: float = 0.5
+    mode: str = "gaussian"
+    tta_flips: bool = False
+
+
+def _schema_of(frozen: type) -> type:
+    """A mutable dataclass with the fields, types and defaults of ``frozen`` (OmegaConf marks the
+    nodes of a frozen dataclass read-only, which would refuse the merge of the YAML values)."""
+    hints = get_type_hints(frozen)
+    return make_dataclass(
+        f"{frozen.__name__}Schema",
+        [
+            (f.name, hints[f.name], field(default_factory=lambda value=f.default: value))
+            for f in fields(frozen)
+        ],
+    )
+
+
+PreprocessSchema = _schema_of(PreprocessConfig)
+"""The ``preprocess:`` section: the fields of :class:`h2aseg.data.transforms.PreprocessConfig`."""
+
+
+@dataclass
+class RunConfig:
+    """One run: every key of the YAML file and its default.
+
+    ``model`` is ``name`` plus keyword arguments of ``build_model`` (checked by the model's
+    constructor); ``classes`` maps integer labels to names.
+    """
+
+    seed: int = 0
+    output_dir: str = "runs/h2aseg"
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessSchema = field(default_factory=PreprocessSchema)  # type: ignore[valid-type]
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "h2aseg"})
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    classes: dict[Any, str] = field(default_factory=lambda: {0: "background", 1: "lesion"})
+
 
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "data.target": ("binary", "multiclass"),
-    "data.layout": ("auto", "autopet", "hecktor", "nnunet", "flat"),
-    "inference.mode": ("gaussian", "constant"),
-    "optim.schedule": ("exponential", "poly"),
+    "data.target": TARGETS,
+    "data.layout": ("auto", *LAYOUTS),
+    "inference.mode": BLEND_MODES,
+    "optim.schedule": SCHEDULES,
 }
 
-# Sections that a config file or an override replaces as a whole instead of merging into the default.
+# Sections that a file or an override gives as a whole replace the default instead of merging.
 _REPLACED_SECTIONS = ("classes",)
 
-# Keys whose relative paths are made absolute (against the working directory) when resolving, so
-# the saved config still points at the same files from anywhere.
+# Relative paths are made absolute (against the working directory) so that the saved config points
+# at the same files from anywhere.
 _PATH_KEYS = ("output_dir", "data.root", "data.split_file", "data.cache_dir")
 
+# Keys of configs saved by earlier versions that no longer exist: dropped when such a config loads.
+_RETIRED_KEYS = ("preprocess.cache_dir",)
 
-def resolve_config(path: Path | str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+
+def resolve_config(path: Path | str, overrides: Sequence[str] = ()) -> DictConfig:
     """Load the YAML config ``path``, apply ``overrides``, fill the defaults and validate.
 
     Args:
-        path: YAML file with the sections of ``docs/internals.md`` (missing keys take defaults).
+        path: YAML file with the sections of :class:`RunConfig` (missing keys take defaults).
         overrides: dotted ``key=value`` strings, e.g. ``["trainer.max_epochs=5", "model.name=unet3d"]``;
-            values are parsed as YAML scalars or lists (``[64, 64, 32]``, ``null``, ``true``).
+            values are read as YAML (``[64, 64, 32]``, ``null``, ``true``).
 
     Returns:
-        The resolved config: nested plain dicts, lists, strings, numbers, booleans and ``None``.
+        The resolved config, a ``DictConfig`` of :class:`RunConfig`.
 
     Raises:
         ValueError: unreadable file, bad override, unknown key, wrong type or bad value; the message
-            names the file and the key.
+            names the file, the key, and the override when an override is at fault.
     """
     path = Path(path)
-    config = _merge(copy.deepcopy(_defaults(SCHEMA)), load_yaml(path))
-    _reset_model_if_renamed(config, overrides, path)
-    for override in overrides:
-        apply_override(config, override, path)
-    _validate(config, SCHEMA, path, prefix="")
-    _check_values(config, path)
-    config["preprocess"] = _resolve_preprocess(config, path)
-    _check_model_name(config, path)
+    return resolve_values(load_yaml(path), overrides, source=str(path))
+
+
+def resolve_values(
+    values: Mapping[str, Any], overrides: Sequence[str] = (), source: str = "config"
+) -> DictConfig:
+    """:func:`resolve_config` for values already read (a YAML mapping, or a checkpoint's config).
+
+    Args:
+        values: nested mapping of sections.
+        overrides: as in :func:`resolve_config`.
+        source: what the values came from, the start of every error message.
+    """
+    config = _merge(OmegaConf.structured(RunConfig), values, source)
+    for override in _rename_model_overrides(config, overrides, source):
+        key, _, _ = override.partition("=")
+        try:
+            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([override]))
+        except OmegaConfBaseException as error:
+            raise ValueError(f"{source}: override {override!r}: {_first_line(error)}") from error
+        config = _merge(config, parsed, f"{source}: override {override!r}", replace_whole=key.strip())
+    _normalise_classes(config, source)
+    _check_values(config, source)
+    _resolve_preprocess(config, values, overrides, source)
+    _check_model_name(config, source)
     _absolutise_paths(config)
-    return to_plain(config)
+    return config
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -152,62 +214,35 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def apply_override(config: dict[str, Any], override: str, path: Path) -> None:
-    """Set ``config[a][b] = value`` in place from ``"a.b=value"`` (value parsed as YAML)."""
-    key, sep, raw_value = override.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ValueError(f"{path}: override {override!r} is not of the form key.subkey=value")
-    try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else None
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: override {override!r}: value is not valid YAML") from error
-    *parents, leaf = (int(part) if part.isdigit() else part for part in key.split("."))
-    node = config
-    for depth, part in enumerate(parents):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            section = ".".join(str(part) for part in parents[: depth + 1])
-            raise ValueError(f"{path}: override {override!r}: {section} is not a section")
-        node = child
-    node[leaf] = value
+def checkpoint_config(values: Any, source: str) -> dict[str, Any]:
+    """The plain resolved config of a checkpoint's ``hyper_parameters["config"]``.
+
+    Configs saved by earlier versions (plain dicts of the hand-written schema) load too: keys added
+    since take their defaults and retired keys (``preprocess.cache_dir``, never used) are dropped.
+
+    Raises:
+        ValueError: not a mapping with a ``model`` section, or values the schema refuses.
+    """
+    if not isinstance(values, Mapping) or not isinstance(values.get("model"), Mapping):
+        raise ValueError(f"{source}: no resolved config with a 'model' section under hyper_parameters")
+    values = to_plain(values)
+    for dotted in _RETIRED_KEYS:
+        section, key = dotted.split(".")
+        if isinstance(values.get(section), dict) and key in values[section]:
+            logger.debug("%s: dropping retired key %s=%r", source, dotted, values[section].pop(key))
+    return to_plain(resolve_values(values, source=source))
 
 
-def _reset_model_if_renamed(config: dict[str, Any], overrides: Sequence[str], path: Path) -> None:
-    """An override ``model.name=X`` naming another model than the file selects X with its defaults:
-    the file's model arguments are dropped (later ``model.*`` overrides still apply)."""
-    names = [
-        item.partition("=")[2].strip() for item in overrides if item.partition("=")[0].strip() == "model.name"
-    ]
-    model = config.get("model")
-    if names and isinstance(model, dict) and model.get("name") != names[-1]:
-        logger.info("model.name=%s replaces %s of %s and its arguments", names[-1], model.get("name"), path)
-        config["model"] = {}
-
-
-def save_config(config: Mapping[str, Any], path: Path) -> Path:
-    """Write ``config`` as YAML to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_config(config: Mapping[str, Any] | DictConfig, path: Path) -> Path:
+    """Write ``config`` as YAML to ``path`` atomically."""
     text = yaml.safe_dump(to_plain(config), sort_keys=False, default_flow_style=None)
-    temporary = sibling_temporary(path)
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def sibling_temporary(path: Path) -> Path:
-    """A unique temporary name in the folder of ``path`` (created with the usual umask permissions,
-    unlike ``tempfile.mkstemp``'s owner-only files), for write-then-rename."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    return write_text_atomic(path, text)
 
 
 def to_plain(value: Any) -> Any:
-    """Deep copy of ``value`` with tuples as lists and paths as strings (YAML- and pickle-safe)."""
+    """Deep copy of ``value`` (``DictConfig`` included) as dicts, lists, strings, numbers, ``None``."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
     if isinstance(value, Mapping):
         return {key: to_plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -217,136 +252,200 @@ def to_plain(value: Any) -> Any:
     return value
 
 
-def _defaults(schema: Mapping[str, Any]) -> dict[str, Any]:
-    """The default config described by ``schema``."""
-    defaults: dict[str, Any] = {}
-    for key, spec in schema.items():
-        if isinstance(spec, Field):
-            defaults[key] = spec.default
-        else:
-            defaults[key] = spec if key in FREE_SECTIONS else _defaults(spec)
-    return defaults
-
-
-def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """Recursive update of ``base`` by ``update`` (sections merge, leaves replace)."""
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict) and key not in _REPLACED_SECTIONS:
-            base[key] = _merge(base[key], value)
-        else:
-            base[key] = copy.deepcopy(value)
-    return base
-
-
-def _validate(config: dict[str, Any], schema: Mapping[str, Any], path: Path, prefix: str) -> None:
-    """Check keys and types against ``schema`` in place (ints in float fields become floats)."""
-    for key in config:
-        if key not in schema:
-            known = ", ".join(sorted(str(name) for name in schema))
-            raise ValueError(f"{path}: unknown key {prefix}{key!s} (known: {known})")
-    for key, spec in schema.items():
-        dotted = f"{prefix}{key}"
-        value = config[key]
-        if key in FREE_SECTIONS and not prefix:
-            if not isinstance(value, dict):
-                raise ValueError(f"{path}: {dotted} must be a mapping, got {type(value).__name__}")
-        elif isinstance(spec, Field):
-            config[key] = _check_type(value, spec, dotted, path)
-        elif not isinstance(value, dict):
-            raise ValueError(f"{path}: {dotted} must be a section (mapping), got {type(value).__name__}")
-        else:
-            _validate(value, spec, path, prefix=f"{dotted}.")
-
-
-def _check_type(value: Any, spec: Field, dotted: str, path: Path) -> Any:
-    """Return ``value`` if it has one of ``spec.types`` (numbers coerced to float where allowed)."""
-    if float in spec.types and not isinstance(value, bool):
-        if isinstance(value, int) and int not in spec.types:
-            return float(value)
-        if isinstance(value, str) and str not in spec.types:
-            try:
-                return float(value)  # PyYAML reads "1e-4" (no dot) as a string.
-            except ValueError:
-                pass
-    is_bool = isinstance(value, bool)
-    if isinstance(value, spec.types) and (not is_bool or bool in spec.types):
-        return value
-    names = " or ".join("null" if kind is type(None) else kind.__name__ for kind in spec.types)
-    raise ValueError(f"{path}: {dotted} must be {names}, got {value!r}")
-
-
-def _check_values(config: dict[str, Any], path: Path) -> None:
-    """Value checks that the types alone do not cover."""
-    for dotted, choices in _CHOICES.items():
-        section, key = dotted.split(".")
-        value = config[section][key]
-        if value not in choices:
-            raise ValueError(f"{path}: {dotted} must be one of {', '.join(choices)}, got {value!r}")
-    if not isinstance(config["model"].get("name"), str):
-        raise ValueError(f"{path}: model.name must be the name of a registered model")
-    weights = config["loss"]["deep_supervision_weights"]
-    if weights is not None and (
-        not weights
-        or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)
-    ):
+def _merge(config: DictConfig, values: Any, source: str, replace_whole: str = "") -> DictConfig:
+    """``config`` updated by ``values``, with OmegaConf's errors turned into one line naming the key."""
+    if not isinstance(values, Mapping):
         raise ValueError(
-            f"{path}: loss.deep_supervision_weights must be null or a non-empty list of non-negative numbers"
+            f"{source}: the top level of a config must be a mapping, got {type(values).__name__}"
         )
-    ratios = config["data"]["split_ratios"]
-    if len(ratios) != 3 or not all(isinstance(r, (int, float)) and r >= 0 for r in ratios):
-        raise ValueError(f"{path}: data.split_ratios must be three non-negative numbers (train, val, test)")
-    for dotted in ("trainer.max_epochs", "trainer.batch_size", "trainer.val_every", "trainer.num_nodes"):
-        section, key = dotted.split(".")
-        if config[section][key] < 1:
-            raise ValueError(f"{path}: {dotted} must be at least 1, got {config[section][key]}")
-    ema_decay = config["trainer"]["ema_decay"]
-    if ema_decay is not None and not 0.0 < ema_decay < 1.0:
-        raise ValueError(f"{path}: trainer.ema_decay must be null or in (0, 1), got {ema_decay}")
-    if not 0.0 <= config["inference"]["overlap"] < 1.0:
-        raise ValueError(f"{path}: inference.overlap must be in [0, 1), got {config['inference']['overlap']}")
-    classes = config["classes"]
-    if len(classes) < 2 or not all(isinstance(label, int) for label in classes):
-        raise ValueError(f"{path}: classes must map at least two integer labels to names, got {classes}")
-    if config["data"]["target"] == "binary" and len(classes) != 2:
-        raise ValueError(f"{path}: data.target=binary needs exactly two classes, got {classes}")
-
-
-def _resolve_preprocess(config: dict[str, Any], path: Path) -> dict[str, Any]:
-    """The ``preprocess`` section with every ``PreprocessConfig`` field filled and checked.
-
-    ``binarize_label`` follows ``data.target`` (binary: every label > 0 becomes 1); setting it against
-    the target is an error.
-    """
-    from h2aseg.data.transforms import PreprocessConfig
-
-    section = dict(config["preprocess"])
-    binary = config["data"]["target"] == "binary"
-    if section.setdefault("binarize_label", binary) != binary:
+    _check_sections(values, RunConfig, source, prefix="")
+    for section in _REPLACED_SECTIONS:
+        if section in values and (replace_whole in ("", section)):
+            config[section] = {}
+    try:
+        return OmegaConf.merge(config, values)  # type: ignore[return-value]
+    except ConfigKeyError as error:
+        parent, _, _ = str(error.full_key).rpartition(".")
+        node = OmegaConf.select(config, parent) if parent else config
+        known = ", ".join(sorted(str(key) for key in node)) if isinstance(node, DictConfig) else ""
+        raise ValueError(f"{source}: unknown key {error.full_key} (known: {known})") from error
+    except ValidationError as error:
+        dotted = str(error.full_key)
         raise ValueError(
-            f"{path}: preprocess.binarize_label={section['binarize_label']} contradicts "
-            f"data.target={config['data']['target']}"
+            f"{source}: {dotted} must be {_annotation(dotted)} ({_first_line(error)})"
+        ) from error
+    except OmegaConfBaseException as error:
+        raise ValueError(f"{source}: {error.full_key}: {_first_line(error)}") from error
+
+
+def _check_sections(values: Mapping[str, Any], schema: type, source: str, prefix: str) -> None:
+    """Sections (dataclass or dict fields) must be given as mappings, not as scalars or lists."""
+    hints = get_type_hints(schema)
+    for key, value in values.items():
+        kind = hints.get(key)
+        if kind is None:
+            continue  # unknown keys are refused by the merge, with the known ones listed
+        dotted = f"{prefix}{key}"
+        if is_dataclass(kind):
+            if not isinstance(value, Mapping):
+                raise ValueError(
+                    f"{source}: {dotted} must be a section (mapping), got {type(value).__name__}"
+                )
+            _check_sections(value, kind, source, prefix=f"{dotted}.")
+        elif getattr(kind, "__origin__", None) is dict and not isinstance(value, Mapping):
+            raise ValueError(f"{source}: {dotted} must be a mapping, got {type(value).__name__}")
+
+
+def _annotation(dotted: str) -> str:
+    """The declared type of ``dotted`` (``"int"``, ``"float | None"``), for error messages."""
+    schema: Any = RunConfig
+    kind: Any = None
+    for part in dotted.split("[")[0].split("."):
+        if not is_dataclass(schema):
+            break
+        kind = get_type_hints(schema).get(part)
+        schema = kind
+    if kind is None:
+        return "of another type"
+    return getattr(kind, "__name__", None) if isinstance(kind, type) else str(kind).replace("typing.", "")
+
+
+def _rename_model_overrides(config: DictConfig, overrides: Sequence[str], source: str) -> list[str]:
+    """Check the form of ``overrides``; an override ``model.name=X`` naming another model than the
+    file selects X with its defaults (the file's model arguments are dropped; later ``model.*``
+    overrides still apply)."""
+    for override in overrides:
+        key, sep, _ = override.partition("=")
+        if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+            raise ValueError(f"{source}: override {override!r} is not of the form key.subkey=value")
+    names = [
+        item.partition("=")[2].strip() for item in overrides if item.partition("=")[0].strip() == "model.name"
+    ]
+    if names and config.model.get("name") != names[-1]:
+        logger.info(
+            "model.name=%s replaces %s of %s and its arguments", names[-1], config.model.get("name"), source
+        )
+        config.model = {}
+    return list(overrides)
+
+
+def _normalise_classes(config: DictConfig, source: str) -> None:
+    """``classes`` keys as ints (a dotted override ``classes.2=GTVn`` gives the key as a string)."""
+    classes = {}
+    for label, name in config.classes.items():
+        try:
+            classes[int(label)] = name
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: classes keys must be integer labels, got {label!r}") from None
+    config.classes = dict(sorted(classes.items()))
+
+
+def _check_values(config: DictConfig, source: str) -> None:
+    """Value checks that the types alone do not cover (choices, ranges, the ``Any`` fields)."""
+    for dotted, choices in _CHOICES.items():
+        value = OmegaConf.select(config, dotted)
+        if value not in choices:
+            raise ValueError(f"{source}: {dotted} must be one of {', '.join(choices)}, got {value!r}")
+    if not isinstance(config.model.get("name"), str):
+        raise ValueError(f"{source}: model.name must be the name of a registered model")
+    weights = config.loss.deep_supervision_weights
+    if weights is not None and (not weights or min(weights) < 0):
+        raise ValueError(
+            f"{source}: loss.deep_supervision_weights must be null or a non-empty list of "
+            "non-negative numbers"
+        )
+    ratios = config.data.split_ratios
+    if len(ratios) != 3 or min(ratios) < 0:
+        raise ValueError(f"{source}: data.split_ratios must be three non-negative numbers (train, val, test)")
+    trainer = config.trainer
+    for key in ("max_epochs", "batch_size", "val_every", "num_nodes"):
+        if trainer[key] < 1:
+            raise ValueError(f"{source}: trainer.{key} must be at least 1, got {trainer[key]}")
+    if trainer.max_steps is not None and trainer.max_steps < 1:
+        raise ValueError(f"{source}: trainer.max_steps must be null or at least 1, got {trainer.max_steps}")
+    _check_any(
+        source,
+        "trainer.devices",
+        trainer.devices,
+        "an int, a list of device indices or a string",
+        _is_devices,
+    )
+    _check_any(source, "trainer.precision", trainer.precision, "a string or an int", _is_str_or_int)
+    for key in ("limit_train_batches", "limit_val_batches"):
+        _check_any(source, f"trainer.{key}", trainer[key], "null, an int or a float", _is_limit)
+    if trainer.ema_decay is not None and not 0.0 < trainer.ema_decay < 1.0:
+        raise ValueError(f"{source}: trainer.ema_decay must be null or in (0, 1), got {trainer.ema_decay}")
+    if not 0.0 <= config.inference.overlap < 1.0:
+        raise ValueError(f"{source}: inference.overlap must be in [0, 1), got {config.inference.overlap}")
+    if config.inference.sw_batch_size < 1:
+        raise ValueError(
+            f"{source}: inference.sw_batch_size must be at least 1, got {config.inference.sw_batch_size}"
+        )
+    classes = dict(config.classes)
+    if len(classes) < 2:
+        raise ValueError(f"{source}: classes must map at least two integer labels to names, got {classes}")
+    if config.data.target == "binary" and len(classes) != 2:
+        raise ValueError(f"{source}: data.target=binary needs exactly two classes, got {classes}")
+
+
+def _check_any(source: str, dotted: str, value: Any, expected: str, accepts: Any) -> None:
+    if not accepts(value):
+        raise ValueError(f"{source}: {dotted} must be {expected}, got {value!r}")
+
+
+def _is_str_or_int(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _is_devices(value: Any) -> bool:
+    if isinstance(value, ListConfig):
+        return all(_is_str_or_int(item) and not isinstance(item, str) for item in value)
+    return _is_str_or_int(value)
+
+
+def _is_limit(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _resolve_preprocess(
+    config: DictConfig, values: Mapping[str, Any], overrides: Sequence[str], source: str
+) -> None:
+    """Check ``preprocess`` with :class:`PreprocessConfig` (ranges, lengths); ``binarize_label``
+    follows ``data.target`` (binary: every label > 0 becomes 1) unless set, and must agree with it."""
+    binary = config.data.target == "binary"
+    given = "binarize_label" in (values.get("preprocess") or {}) or any(
+        item.partition("=")[0].strip() == "preprocess.binarize_label" for item in overrides
+    )
+    if not given:
+        config.preprocess.binarize_label = binary
+    elif config.preprocess.binarize_label != binary:
+        raise ValueError(
+            f"{source}: preprocess.binarize_label={config.preprocess.binarize_label} contradicts "
+            f"data.target={config.data.target}"
         )
     try:
-        return PreprocessConfig.from_dict(section).to_dict()
+        PreprocessConfig.from_dict(to_plain(config.preprocess))
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{path}: {error}") from error
+        raise ValueError(f"{source}: {error}") from error
 
 
-def _check_model_name(config: dict[str, Any], path: Path) -> None:
+def _check_model_name(config: DictConfig, source: str) -> None:
     """``model.name`` must be a registered model."""
     from h2aseg.models import list_models
 
     names = list_models()
-    if config["model"]["name"] not in names:
-        raise ValueError(f"{path}: model.name={config['model']['name']!r} is not one of {', '.join(names)}")
+    if config.model.name not in names:
+        raise ValueError(f"{source}: model.name={config.model.name!r} is not one of {', '.join(names)}")
 
 
-def _absolutise_paths(config: dict[str, Any]) -> None:
+def _absolutise_paths(config: DictConfig) -> None:
     """Make the path keys absolute, so the saved config does not depend on the working directory."""
     for dotted in _PATH_KEYS:
-        *sections, key = dotted.split(".")
-        node = config
-        for section in sections:
-            node = node[section]
-        if node[key] is not None:
-            node[key] = str(Path(node[key]).expanduser().absolute())
+        value = OmegaConf.select(config, dotted)
+        if value is not None:
+            OmegaConf.update(config, dotted, str(Path(value).expanduser().absolute()))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from rich.progress import track
 
+from h2aseg.io import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 TRAIN_SIZE = (128, 128, 64)
@@ -254,9 +256,9 @@ def write_results(results: list[SpeedResult], out_dir: Path, device: str, quick:
     suffix = f"{device.split(':')[0]}{'_quick' if quick else ''}"
     meta = {"date": date.today().isoformat(), "machine": _machine(), "command": " ".join(sys.argv)}
     json_path = out_dir / f"speed_{suffix}.json"
-    temporary = json_path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=2))
-    os.replace(temporary, json_path)
+    write_text_atomic(
+        json_path, json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=2)
+    )
     lines = [
         f"# Speed and memory ({device}, {meta['date']})",
         "",

@@ -21,13 +21,12 @@ import numpy as np
 from rich.progress import track
 
 from h2aseg.evaluation.metrics import CaseMetrics, aggregated_dice_of_cases, compute_case_metrics
-from h2aseg.evaluation.quantify import atomic_output
+from h2aseg.io import NIFTI_SUFFIXES, atomic_output
 
 __all__ = ["evaluate_folder", "find_truth_masks", "format_summary_table", "summarize_cases"]
 
 logger = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 TRUTH_MASK_TAGS = ("_seg", "_label", "")
 IMAGE_TAGS = ("_ct", "_pet", "_prob", "_0000", "_0001")
 PREDICTION_TAGS = ("_seg", "")

@@ -27,7 +27,8 @@ from torch import nn
 from h2aseg.data.dicom.series import convert_dicom
 from h2aseg.data.layouts import read_dataset
 from h2aseg.data.transforms import PreprocessConfig, predict_transforms, restore_to_original
-from h2aseg.evaluation.quantify import atomic_output, case_summary, lesion_table, write_lesion_report
+from h2aseg.evaluation.quantify import case_summary, lesion_table, write_lesion_report
+from h2aseg.io import atomic_output, overlap_problem, save_nifti_like, strip_nifti_suffix
 from h2aseg.models import build_model
 from h2aseg.viz import save_nifti_case_figure
 
@@ -249,14 +250,14 @@ class Predictor:
         }
         with ExitStack() as stack:
             staged = {name: stack.enter_context(atomic_output(path)) for name, path in paths.items()}
-            _save_nifti(grid_labels.astype(np.uint8), grid_image, staged["seg.nii.gz"])
+            save_nifti_like(grid_labels.astype(np.uint8), grid_image, staged["seg.nii.gz"])
             write_lesion_report(lesions, staged["lesions.csv"], staged["summary.json"], case_id)
             save_nifti_case_figure(pet_image, pet_labels, ct_image, staged["mip.png"], title=case_id)
             if save_probabilities:
                 foreground = probabilities[1:] if self.activation == "softmax" else probabilities
                 restored, _ = restore_to_original(foreground, data, grid=grid, mode="linear")
                 volume = restored[0] if len(restored) == 1 else np.moveaxis(restored, 0, -1)
-                _save_nifti(volume.astype(np.float32), grid_image, staged["prob.nii.gz"])
+                save_nifti_like(volume.astype(np.float32), grid_image, staged["prob.nii.gz"])
         logger.info(
             "%s: %d lesion(s), MTV %.1f mL", case_id, summary["lesion_count"], summary["total_mtv_ml"]
         )
@@ -366,7 +367,7 @@ def case_id_from_path(path: Path) -> str:
     The name without ``.nii[.gz]`` and a ``_pet``/``_suv``/``_0001`` suffix; when that leaves a
     generic name (``SUV.nii.gz``, ``PET/dicom/``), the nearest parent folder with a specific name.
     """
-    stem = path.name.removesuffix(".gz").removesuffix(".nii")
+    stem = strip_nifti_suffix(path.name) or path.name
     for suffix in ("_pet_suv", "_pet", "_suv", "_0001"):
         if stem.lower().endswith(suffix) and len(stem) > len(suffix):
             stem = stem[: -len(suffix)]
@@ -398,24 +399,10 @@ def check_case_inputs(ct: Path, pet: Path) -> tuple[nib.Nifti1Image, nib.Nifti1I
         if len(image.shape) != 3:
             raise ValueError(f"{path}: the {name} must be a 3-D volume, got shape {image.shape}")
         images[name] = image
-    pet_box, ct_box = _extent_mm(images["PET"]), _extent_mm(images["CT"])
-    if np.any(np.maximum(pet_box[0], ct_box[0]) >= np.minimum(pet_box[1], ct_box[1])):
-        raise ValueError(
-            f"{ct} and {pet}: CT and PET do not overlap in space "
-            f"(CT {_box_text(ct_box)} mm, PET {_box_text(pet_box)} mm; different studies or broken affines?)"
-        )
+    problem = overlap_problem(images["CT"], images["PET"])
+    if problem is not None:
+        raise ValueError(f"{ct} and {pet}: {problem}; different studies or broken affines?")
     return images["PET"], images["CT"]
-
-
-def _extent_mm(image: nib.Nifti1Image) -> np.ndarray:
-    """``(2, 3)`` lower and upper RAS corners (mm) of the volume, voxel edges included."""
-    corners = np.array(list(itertools.product(*[(-0.5, n - 0.5) for n in image.shape[:3]])))
-    world = nib.affines.apply_affine(image.affine, corners)
-    return np.stack([world.min(axis=0), world.max(axis=0)])
-
-
-def _box_text(box: np.ndarray) -> str:
-    return " x ".join(f"[{low:.0f}, {high:.0f}]" for low, high in box.T)
 
 
 def _load_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path, name: str) -> None:
@@ -431,14 +418,6 @@ def _load_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path
             f"unexpected, {len(reshaped)} of another shape, e.g. {example!r}); a checkpoint of another model?"
         )
     model.load_state_dict(weights)
-
-
-def _save_nifti(array: np.ndarray, like: nib.Nifti1Image, path: Path) -> None:
-    """Save ``array`` with a copy of ``like``'s header, so the qform/sform (codes included) match it."""
-    header = like.header.copy()
-    header.set_data_dtype(array.dtype)
-    header["cal_min"], header["cal_max"] = 0.0, 0.0  # the source's display range does not fit
-    nib.save(type(like)(array, None, header=header), path)
 
 
 def _first_line(error: BaseException) -> str:

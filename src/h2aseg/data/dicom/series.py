@@ -7,9 +7,7 @@ tags from pydicom; the SUV factor from :mod:`h2aseg.data.dicom.suv`.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from h2aseg.data.dicom.suv import (
     suv_factor,
     text_value,
 )
+from h2aseg.io import atomic_output
 
 __all__ = [
     "DicomSuvError",
@@ -148,26 +147,22 @@ def read_ct_hu(series_dir: Path, series_uid: str | None = None) -> sitk.Image:
 
 
 def _write_all_or_nothing(images: dict[str, sitk.Image], out_dir: Path) -> dict[str, Path]:
-    """Write ``{name}.nii.gz`` files into a hidden temporary folder, then move them into ``out_dir``.
+    """Write ``{name}.nii.gz`` files under temporary names in ``out_dir``, then rename them all.
 
-    On failure nothing is left: neither the temporary folder nor an ``out_dir`` made here.
+    On failure nothing is left: neither a temporary file nor an ``out_dir`` made here.
     """
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".convert-dicom-", dir=out_dir))
+    written = {name: out_dir / f"{name}.nii.gz" for name in images}
     try:
-        for name, image in images.items():
-            sitk.WriteImage(image, str(staging / f"{name}.nii.gz"), useCompression=True)
+        with ExitStack() as stack:
+            staged = {name: stack.enter_context(atomic_output(path)) for name, path in written.items()}
+            for name, image in images.items():
+                sitk.WriteImage(image, str(staged[name]), useCompression=True)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
         if created:
             out_dir.rmdir()
         raise
-    written = {}
-    for name in images:
-        written[name] = out_dir / f"{name}.nii.gz"
-        os.replace(staging / f"{name}.nii.gz", written[name])
-    staging.rmdir()
     return written
 
 
