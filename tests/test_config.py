@@ -184,5 +184,5 @@ def test_old_checkpoint_config_still_loads(minimal: Path) -> None:
     assert isinstance(loaded, dict) and "cache_dir" not in loaded["preprocess"]
     assert loaded["trainer"]["max_steps"] is None
     assert loaded["model"] == {"name": "unet3d", "features": [2] * 6}
-    with pytest.raises(ValueError, match="old.ckpt: no resolved config"):
+    with pytest.raises(ValueError, match=r"old\.ckpt: no resolved config"):
         checkpoint_config({"preprocess": {}}, "old.ckpt")

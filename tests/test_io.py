@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from h2aseg.data.check import check_dataset
-from h2aseg.inference.predictor import check_case_inputs
+from h2aseg.inference.export import check_case_inputs
 from h2aseg.io import atomic_output, overlap_problem, strip_nifti_suffix, world_box_mm, write_text_atomic
 
 

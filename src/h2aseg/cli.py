@@ -93,7 +93,9 @@ def convert_dicom(
     ct: Annotated[Path | None, typer.Option(help="CT DICOM series folder.")] = None,
     pet: Annotated[Path | None, typer.Option(help="PET DICOM series folder.")] = None,
     rtstruct: Annotated[Path | None, typer.Option(help="RTSTRUCT file to turn into a mask.")] = None,
-    roi: Annotated[str | None, typer.Option(help="ROI name in the RTSTRUCT.")] = None,
+    roi: Annotated[
+        str | None, typer.Option(help="ROI name in the RTSTRUCT (optional when it holds one ROI).")
+    ] = None,
 ) -> None:
     """CT + PET DICOM series -> NIfTI, PET in body-weight SUV, CT on the PET grid."""
     from h2aseg.data.dicom.series import convert_dicom as convert
@@ -101,8 +103,8 @@ def convert_dicom(
     if ct is None and pet is None:
         console.print("[bold red]error:[/] give --ct, --pet or both")
         raise typer.Exit(code=1)
-    if (rtstruct is None) != (roi is None):
-        console.print("[bold red]error:[/] --rtstruct and --roi go together")
+    if roi is not None and rtstruct is None:
+        console.print("[bold red]error:[/] --roi names an ROI of --rtstruct: give the RTSTRUCT file too")
         raise typer.Exit(code=1)
     written = _run(lambda: convert(ct, pet, out, rtstruct=rtstruct, roi=roi))
     for name, path in written.items():
@@ -155,8 +157,19 @@ def predict(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
 ) -> None:
     """Whole-volume segmentation: masks in the original geometry, lesion reports, MIP pictures."""
-    from h2aseg.inference.predictor import predict as run_prediction
+    from h2aseg.pipeline.predict import INPUTS
+    from h2aseg.pipeline.predict import predict as run_prediction
 
+    given = {"ct": ct, "pet": pet, "dataset": dataset, "ct_dicom": ct_dicom, "pet_dicom": pet_dicom}
+    flags = {
+        kind: "/".join(f"--{name.replace('_', '-')}" for name in names) for kind, names in INPUTS.items()
+    }
+    chosen = [kind for kind, names in INPUTS.items() if any(given[name] is not None for name in names)]
+    if len(chosen) != 1 or any(given[name] is None for name in INPUTS[chosen[0]]):
+        console.print(
+            f"[bold red]error:[/] give exactly one input: {', or '.join(flags.values())} (pairs together)"
+        )
+        raise typer.Exit(code=1)
     results = _run(
         lambda: run_prediction(
             model,

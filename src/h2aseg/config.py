@@ -22,7 +22,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from h2aseg.data.layouts import LAYOUTS
 from h2aseg.data.transforms import PreprocessConfig
-from h2aseg.io import write_text_atomic
+from h2aseg.io import first_line, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def resolve_values(
         try:
             parsed = OmegaConf.to_container(OmegaConf.from_dotlist([override]))
         except OmegaConfBaseException as error:
-            raise ValueError(f"{source}: override {override!r}: {_first_line(error)}") from error
+            raise ValueError(f"{source}: override {override!r}: {first_line(error)}") from error
         config = _merge(config, parsed, f"{source}: override {override!r}", replace_whole=key.strip())
     _normalise_classes(config, source)
     _check_values(config, source)
@@ -271,11 +271,9 @@ def _merge(config: DictConfig, values: Any, source: str, replace_whole: str = ""
         raise ValueError(f"{source}: unknown key {error.full_key} (known: {known})") from error
     except ValidationError as error:
         dotted = str(error.full_key)
-        raise ValueError(
-            f"{source}: {dotted} must be {_annotation(dotted)} ({_first_line(error)})"
-        ) from error
+        raise ValueError(f"{source}: {dotted} must be {_annotation(dotted)} ({first_line(error)})") from error
     except OmegaConfBaseException as error:
-        raise ValueError(f"{source}: {error.full_key}: {_first_line(error)}") from error
+        raise ValueError(f"{source}: {error.full_key}: {first_line(error)}") from error
 
 
 def _check_sections(values: Mapping[str, Any], schema: type, source: str, prefix: str) -> None:
@@ -363,23 +361,16 @@ def _check_values(config: DictConfig, source: str) -> None:
             raise ValueError(f"{source}: trainer.{key} must be at least 1, got {trainer[key]}")
     if trainer.max_steps is not None and trainer.max_steps < 1:
         raise ValueError(f"{source}: trainer.max_steps must be null or at least 1, got {trainer.max_steps}")
-    _check_any(
-        source,
-        "trainer.devices",
-        trainer.devices,
-        "an int, a list of device indices or a string",
-        _is_devices,
-    )
-    _check_any(source, "trainer.precision", trainer.precision, "a string or an int", _is_str_or_int)
-    for key in ("limit_train_batches", "limit_val_batches"):
-        _check_any(source, f"trainer.{key}", trainer[key], "null, an int or a float", _is_limit)
+    for key, (expected, accepts) in _ANY_FIELDS.items():
+        if not accepts(trainer[key]):
+            raise ValueError(f"{source}: trainer.{key} must be {expected}, got {trainer[key]!r}")
     if trainer.ema_decay is not None and not 0.0 < trainer.ema_decay < 1.0:
         raise ValueError(f"{source}: trainer.ema_decay must be null or in (0, 1), got {trainer.ema_decay}")
-    if not 0.0 <= config.inference.overlap < 1.0:
-        raise ValueError(f"{source}: inference.overlap must be in [0, 1), got {config.inference.overlap}")
-    if config.inference.sw_batch_size < 1:
+    inference = config.inference
+    if not 0.0 <= inference.overlap < 1.0 or inference.sw_batch_size < 1:
         raise ValueError(
-            f"{source}: inference.sw_batch_size must be at least 1, got {config.inference.sw_batch_size}"
+            f"{source}: inference.overlap must be in [0, 1) and inference.sw_batch_size at least 1, "
+            f"got {inference.overlap} and {inference.sw_batch_size}"
         )
     classes = dict(config.classes)
     if len(classes) < 2:
@@ -388,23 +379,26 @@ def _check_values(config: DictConfig, source: str) -> None:
         raise ValueError(f"{source}: data.target=binary needs exactly two classes, got {classes}")
 
 
-def _check_any(source: str, dotted: str, value: Any, expected: str, accepts: Any) -> None:
-    if not accepts(value):
-        raise ValueError(f"{source}: {dotted} must be {expected}, got {value!r}")
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_str_or_int(value: Any) -> bool:
-    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
-
-
-def _is_devices(value: Any) -> bool:
-    if isinstance(value, ListConfig):
-        return all(_is_str_or_int(item) and not isinstance(item, str) for item in value)
-    return _is_str_or_int(value)
-
-
-def _is_limit(value: Any) -> bool:
-    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+# The trainer fields that take several types (``Any`` in the schema): what they accept.
+_ANY_FIELDS: dict[str, tuple[str, Any]] = {
+    "devices": (
+        "an int, a list of device indices or a string",
+        lambda v: isinstance(v, str) or _is_int(v) or (isinstance(v, ListConfig) and all(map(_is_int, v))),
+    ),
+    "precision": ("a string or an int", lambda v: isinstance(v, str) or _is_int(v)),
+    "limit_train_batches": (
+        "null, an int or a float",
+        lambda v: v is None or _is_int(v) or isinstance(v, float),
+    ),
+    "limit_val_batches": (
+        "null, an int or a float",
+        lambda v: v is None or _is_int(v) or isinstance(v, float),
+    ),
+}
 
 
 def _resolve_preprocess(
@@ -444,8 +438,3 @@ def _absolutise_paths(config: DictConfig) -> None:
         value = OmegaConf.select(config, dotted)
         if value is not None:
             OmegaConf.update(config, dotted, str(Path(value).expanduser().absolute()))
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

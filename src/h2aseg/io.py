@@ -105,5 +105,11 @@ def overlap_problem(ct: nib.spatialimages.SpatialImage, pet: nib.spatialimages.S
     return f"CT and PET do not overlap in space (CT {_box_text(ct_box)} mm, PET {_box_text(pet_box)} mm)"
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty), for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _box_text(box: np.ndarray) -> str:
     return " x ".join(f"[{low:.0f}, {high:.0f}]" for low, high in box.T)

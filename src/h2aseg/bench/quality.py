@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from h2aseg.bench.harness import machine
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ def write_tables(
     stem = "quality_quick" if quick else "quality"
     meta = {
         "date": date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine(),
         "command": " ".join(sys.argv),
         "epochs_per_run": plan.epochs,
         "max_minutes_per_run": plan.max_minutes,
