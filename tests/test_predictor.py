@@ -304,3 +304,20 @@ def test_h2aseg_checkpoint_with_a_sigmoid_head(case: tuple, tmp_path: Path) -> N
     probabilities = np.asarray(nib.load(result.probabilities).dataobj)
     assert probabilities.shape == lesion.shape
     assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0
+
+
+def test_checkpoint_with_a_config_of_the_old_dict_schema_loads(case: tuple, tmp_path: Path) -> None:
+    """Saved before the OmegaConf schema: every section as plain dicts, ``preprocess.cache_dir``
+    (retired) present and ``trainer.max_steps`` (added since) absent."""
+    torch.manual_seed(0)
+    model = build_model(TINY_UNET["name"], **{k: v for k, v in TINY_UNET.items() if k != "name"})
+    old = _config(patch=32)
+    old["preprocess"]["cache_dir"] = None
+    old["trainer"] = {"max_epochs": 200, "batch_size": 2, "precision": "32-true", "devices": "auto"}
+    old["classes"] = {0: "background", 1: "lesion"}
+    path = _write_checkpoint(tmp_path / "old.ckpt", old, model)
+    predictor = Predictor.from_checkpoint(path, device="cpu")
+    assert predictor.roi_size == (32, 32, 32) and predictor.overlap == 0.25
+    ct_path, pet_path, lesion = case
+    result = predictor.predict_case(ct_path, pet_path, tmp_path / "out", "old")
+    assert nib.load(result.mask).shape == lesion.shape
