@@ -61,6 +61,7 @@ def export_case(
     activation: OutputActivation,
     grid: Grid = "pet",
     save_probabilities: bool = False,
+    classes: Mapping[int, str] | None = None,
 ) -> CaseResult:
     """Write the files of one case from its prediction on the preprocessed grid.
 
@@ -74,14 +75,16 @@ def export_case(
         activation: the model's output activation (softmax: channel 0 is background).
         grid: ``"pet"`` or ``"ct"``: the grid of the written mask and probabilities.
         save_probabilities: also write ``{case}_prob.nii.gz``.
+        classes: label → name of the run's classes, for the per-class totals of the report (see
+            :func:`h2aseg.evaluation.quantify.case_summary`); ``None``: the classes found.
     """
     pet_image, ct_image = images
     pet_labels, _ = restore_to_original(labels, data, grid="pet", mode="nearest")
     grid_image = pet_image if grid == "pet" else ct_image
     grid_labels = pet_labels if grid == "pet" else restore_to_original(labels, data, grid="ct")[0]
     pet_suv = np.asarray(pet_image.dataobj, dtype=np.float32)
-    lesions = lesion_table(pet_labels > 0, pet_suv, pet_image.affine)
-    summary = case_summary(lesions)
+    lesions = lesion_table(pet_labels, pet_suv, pet_image.affine)
+    summary = case_summary(lesions, classes)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -92,7 +95,7 @@ def export_case(
     with ExitStack() as stack:
         staged = {name: stack.enter_context(atomic_output(path)) for name, path in paths.items()}
         save_nifti_like(grid_labels.astype(np.uint8), grid_image, staged["seg.nii.gz"])
-        write_lesion_report(lesions, staged["lesions.csv"], staged["summary.json"], case_id)
+        write_lesion_report(lesions, staged["lesions.csv"], staged["summary.json"], case_id, classes)
         save_nifti_case_figure(pet_image, pet_labels, ct_image, staged["mip.png"], title=case_id)
         if save_probabilities:
             foreground = probabilities[1:] if activation == "softmax" else probabilities

@@ -96,6 +96,9 @@ class Predictor:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.transforms = predict_transforms(self.preprocess)
+        self.classes = {
+            int(label): str(name) for label, name in (config.get("classes") or {}).items()
+        } or None
 
     @classmethod
     def from_checkpoint(
@@ -195,7 +198,16 @@ class Predictor:
         probabilities = self.predict_volume(data["image"][None])[0]
         labels = self.labels_from(probabilities)
         return export_case(
-            probabilities, labels, data, images, out_dir, case_id, self.activation, grid, save_probabilities
+            probabilities,
+            labels,
+            data,
+            images,
+            out_dir,
+            case_id,
+            self.activation,
+            grid,
+            save_probabilities,
+            classes=self.classes,
         )
 
 
