@@ -110,7 +110,10 @@ def test_dicom_seg_refusals(tmp_path: Path) -> None:
         app,
         ["predict", "--model", "m.ckpt", "--dataset", str(tmp_path), "--out", str(tmp_path), "--dicom-seg"],
     )
-    assert result.exit_code == 1 and "--dicom-seg needs DICOM input or --source-dicom" in result.output
+    assert (
+        result.exit_code == 1
+        and "--dicom-seg needs --ct-dicom/--pet-dicom, or --source-dicom" in result.output
+    )
     far = np.eye(4)
     far[:3, 3] = 1e5  # metres away from the scan
     nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), far), tmp_path / "far.nii.gz")

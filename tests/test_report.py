@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from h2aseg.inference.quantify import lesion_table, write_lesion_report
+from h2aseg.evaluation.quantify import lesion_table, write_lesion_report
 from h2aseg.report import write_report
 from h2aseg.viz import save_nifti_case_figure
 

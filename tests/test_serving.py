@@ -11,11 +11,11 @@ import torch
 from typer.testing import CliRunner
 
 from h2aseg.cli import app
-from h2aseg.data.phantom import write_cohort
 from h2aseg.inference.ensemble import EnsemblePredictor, load_ensemble
 from h2aseg.inference.predictor import Predictor
 from h2aseg.inference.serving import OnnxNetwork, TorchScriptNetwork, export_model, load_predictor
 from h2aseg.models import build_model
+from h2aseg.phantom.cohort import write_cohort
 
 pytest.importorskip("onnxruntime", reason="the serving extra (onnx, onnxruntime) is not installed")
 

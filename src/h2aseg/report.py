@@ -12,13 +12,13 @@ import base64
 import csv
 import html
 import json
-import os
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
 from h2aseg import __version__
+from h2aseg.io import write_text_atomic
 
 LESION_COLUMNS = (
     ("lesion_id", "Lesion", "{:.0f}"),
@@ -82,14 +82,7 @@ def write_report(
         f"<pre>{html.escape(json.dumps(config, indent=2, default=str))}</pre></section>",
         "</body></html>",
     ]
-    out_html = Path(out_html)
-    temporary = out_html.with_name(f".{out_html.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text("\n".join(parts) + "\n", encoding="utf-8")
-        os.replace(temporary, out_html)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return out_html
+    return write_text_atomic(out_html, "\n".join(parts) + "\n")
 
 
 def _case_section(case: CaseFiles, classes: Mapping[int, str]) -> str:

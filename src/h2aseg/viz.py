@@ -12,8 +12,6 @@ from any thread or process without a display.
 from __future__ import annotations
 
 import csv
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +25,8 @@ from matplotlib.image import AxesImage
 from matplotlib.lines import Line2D
 from nibabel import processing as nib_processing
 from scipy import ndimage
+
+from h2aseg.io import LESION_CONNECTIVITY, atomic_output
 
 PREDICTION_COLOUR = "#e8112d"
 TRUTH_COLOUR = "#1f9e3a"
@@ -334,7 +334,7 @@ def _number_lesions(
     """
     if not lesions or not mask.any():
         return
-    components, count = cc3d.connected_components(mask, connectivity=18, return_N=True)
+    components, count = cc3d.connected_components(mask, connectivity=LESION_CONNECTIVITY, return_N=True)
     boxes = ndimage.find_objects(components)
     centroids = np.asarray(ndimage.center_of_mass(mask != 0, components, range(1, count + 1))).reshape(
         count, 3
@@ -392,16 +392,12 @@ def _classes(mask: np.ndarray) -> np.ndarray:
 def _legend_text(name: str, labels: np.ndarray, spacing: np.ndarray) -> str:
     """``"prediction: 3 lesions, MTV 12.4 mL"``, lesions counted like the report (18-connected
     within each class)."""
-    _, count = cc3d.connected_components(labels, connectivity=18, return_N=True)
+    _, count = cc3d.connected_components(labels, connectivity=LESION_CONNECTIVITY, return_N=True)
     mtv_ml = float((labels != 0).sum()) * float(np.prod(spacing)) / 1000.0
     return f"{name}: {count} lesion{'s' if count != 1 else ''}, MTV {mtv_ml:.1f} mL"
 
 
 def _save_atomic(figure: Figure, out_png: Path) -> None:
     """Render ``figure`` as PNG under a temporary name beside ``out_png``, then rename it."""
-    temporary = out_png.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{out_png.name}")
-    try:
+    with atomic_output(out_png) as temporary:
         figure.savefig(temporary, format="png", dpi=100)
-        os.replace(temporary, out_png)
-    finally:
-        temporary.unlink(missing_ok=True)

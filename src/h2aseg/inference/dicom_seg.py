@@ -13,7 +13,6 @@ included, so the SEG is a regular volume for viewers (and highdicom's ``get_volu
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,8 +23,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from h2aseg import __version__
-from h2aseg.data.dicom import CT_IMAGE_STORAGE, _series_files, _sorted_slices
-from h2aseg.data.suv import PET_IMAGE_STORAGE
+from h2aseg.data.dicom.series import CT_IMAGE_STORAGE, _series_files, _sorted_slices
+from h2aseg.data.dicom.suv import PET_IMAGE_STORAGE
+from h2aseg.io import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -135,12 +135,7 @@ def write_dicom_seg(
         series_description="h2aseg lesion segmentation",
         omit_empty_frames=False,
     )
-    out = Path(out)
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(out) as temporary:
         seg.save_as(temporary)
-        os.replace(temporary, out)
-    finally:
-        temporary.unlink(missing_ok=True)
     logger.info("%s: DICOM SEG with %d segment(s) on %d source frames", out, len(segments), len(slices))
     return out

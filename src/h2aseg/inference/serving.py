@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from h2aseg.inference.predictor import Predictor, TtaSetting
+from h2aseg.io import atomic_output, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,7 @@ def export_model(
         "h2aseg.output_activation": str(predictor.activation),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp{out.suffix}")
-    try:
+    with atomic_output(out) as temporary:
         if format == "onnx":
             try:
                 _export_onnx(model, example, metadata, temporary, opset)
@@ -76,9 +75,6 @@ def export_model(
             with torch.no_grad():
                 traced = torch.jit.trace(model, example, check_trace=False)
             torch.jit.save(traced, str(temporary), _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata)})
-        os.replace(temporary, out)
-    finally:
-        temporary.unlink(missing_ok=True)
     logger.info("exported %s to %s (%s)", checkpoint, out, format)
     return out
 
@@ -139,7 +135,7 @@ class OnnxNetwork(nn.Module):
         try:
             self.session = onnxruntime.InferenceSession(str(path), providers=chosen)
         except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf types
-            raise ValueError(f"{path}: not a readable ONNX model ({_first_line(error)})") from error
+            raise ValueError(f"{path}: not a readable ONNX model ({first_line(error)})") from error
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.out_channels, self.output_activation, self.config = _read_metadata(metadata, path)
         self.input_name = self.session.get_inputs()[0].name
@@ -167,7 +163,7 @@ class TorchScriptNetwork(nn.Module):
         try:
             self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         except Exception as error:  # torch.jit raises RuntimeError and pickle errors
-            raise ValueError(f"{path}: not a readable TorchScript model ({_first_line(error)})") from error
+            raise ValueError(f"{path}: not a readable TorchScript model ({first_line(error)})") from error
         try:
             metadata = json.loads(extra[TORCHSCRIPT_METADATA] or "{}")
         except json.JSONDecodeError as error:
@@ -211,8 +207,3 @@ def load_predictor(
     network, config = load_network(path)
     logger.info("loaded exported network %s", path)
     return Predictor(network, config, device, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
