@@ -14,6 +14,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
+from nibabel.processing import resample_from_to
 from typer.testing import CliRunner
 
 from h2aseg.cli import app
@@ -70,7 +71,8 @@ def test_seg_of_an_asymmetric_mask_round_trips_voxel_for_voxel(tmp_path: Path) -
     np.testing.assert_array_equal(rebuilt, mask)
 
 
-def test_predict_from_dicom_writes_a_seg_equal_to_its_nifti_mask(tmp_path: Path) -> None:
+@pytest.mark.parametrize("grid", ["pet", "ct"])
+def test_predict_from_dicom_writes_a_seg_equal_to_its_nifti_mask(tmp_path: Path, grid: str) -> None:
     torch.manual_seed(0)
     model = build_model("unet3d", features=[2, 2, 4, 4, 8, 2])
     config = {
@@ -81,28 +83,31 @@ def test_predict_from_dicom_writes_a_seg_equal_to_its_nifti_mask(tmp_path: Path)
     state = {f"model.{key}": value for key, value in model.state_dict().items()}
     torch.save({"hyper_parameters": {"config": config}, "state_dict": state}, tmp_path / "m.ckpt")
     pet_dicom, ct_dicom = CROPPED / "PET" / "dicom" / "image", CROPPED / "CT" / "dicom" / "image"
-    result = CliRunner().invoke(
-        app,
-        [
-            *("predict", "--model", str(tmp_path / "m.ckpt"), "--ct-dicom", str(ct_dicom)),
-            *(
-                "--pet-dicom",
-                str(pet_dicom),
-                "--out",
-                str(tmp_path / "out"),
-                "--dicom-seg",
-                "--device",
-                "cpu",
-            ),
-        ],
-    )
+    arguments = ["predict", "--model", str(tmp_path / "m.ckpt"), "--ct-dicom", str(ct_dicom)]
+    arguments += ["--pet-dicom", str(pet_dicom), "--out", str(tmp_path / "out"), "--dicom-seg"]
+    result = CliRunner().invoke(app, [*arguments, "--grid", grid, "--device", "cpu"])
     assert result.exit_code == 0, result.output
     (seg_path,) = (tmp_path / "out").glob("*_seg.dcm")
     (mask_path,) = (tmp_path / "out").glob("*_seg.nii.gz")
-    mask = np.asarray(nib.load(mask_path).dataobj)
+    mask_image = nib.load(mask_path)
+    mask = np.asarray(mask_image.dataobj)
     assert 0 < mask.sum() < mask.size  # a random network: both labels present
     assert hd.seg.segread(seg_path).get_segment_description(1).segment_label == "sarcoma"
-    np.testing.assert_array_equal(_seg_on_source_grid(seg_path, pet_dicom, tmp_path / "r.nii.gz"), mask)
+    source = pet_dicom if grid == "pet" else ct_dicom
+    rebuilt = _seg_on_source_grid(seg_path, source, tmp_path / "r.nii.gz")
+    if grid == "pet":
+        np.testing.assert_array_equal(rebuilt, mask)
+        return
+    # DICOM input has its CT converted onto the PET grid, so the SEG on the CT series' own 0.98 mm
+    # grid is the PET-grid mask sampled there: nibabel's nearest-neighbour resampling, wherever a CT
+    # voxel centre lies within the PET voxel centres (beyond them nibabel gives 0, the SEG the edge voxel).
+    ct_grid = nib.load(tmp_path / "r.nii.gz")
+    expected = np.asarray(resample_from_to(mask_image, ct_grid, order=0).dataobj)
+    voxels = np.indices(ct_grid.shape).reshape(3, -1).T
+    index = nib.affines.apply_affine(np.linalg.inv(mask_image.affine) @ ct_grid.affine, voxels)
+    inside = np.all((index >= 0) & (index <= np.array(mask.shape) - 1), axis=1).reshape(ct_grid.shape)
+    assert inside.mean() > 0.9 and rebuilt.shape == (198, 202, 59)
+    np.testing.assert_array_equal(rebuilt[inside], expected[inside])
 
 
 def test_dicom_seg_refusals(tmp_path: Path) -> None:
