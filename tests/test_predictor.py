@@ -182,7 +182,7 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"not a checkpoint", "not a readable checkpoint"),
+        (b"not a checkpoint", "not a checkpoint that loads with weights_only=True"),
         ({"state_dict": {}}, "no resolved config"),
         ({"hyper_parameters": {"config": _config()}}, "no state_dict"),
     ],

@@ -1,6 +1,6 @@
 """Prediction (sliding window, TTA, original geometry) and lesion quantification."""
 
-from h2aseg.inference.predictor import CaseResult, Predictor, predict
+from h2aseg.inference.predictor import CaseResult, Predictor
 from h2aseg.inference.quantify import Lesion, case_summary, lesion_table, write_lesion_report
 
 __all__ = [
@@ -9,6 +9,5 @@ __all__ = [
     "Predictor",
     "case_summary",
     "lesion_table",
-    "predict",
     "write_lesion_report",
 ]

@@ -2,15 +2,14 @@
 
 Built apart from loading, the nnU-Net way: ``Predictor(model, config)`` for a network in hand,
 ``Predictor.from_checkpoint(path)`` for a checkpoint in the format of ``docs/internals.md``.
-``predict`` is the library function behind ``h2aseg predict``. The output files are described in
-``docs/outputs.md``.
+:func:`h2aseg.pipeline.batch.predict` is the library function behind ``h2aseg predict``. The output
+files are described in ``docs/outputs.md``.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import tempfile
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -21,12 +20,10 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
-from rich.progress import track
 from torch import nn
 
-from h2aseg.data.dicom import convert_dicom
-from h2aseg.data.layouts import read_dataset
 from h2aseg.data.transforms import PreprocessConfig, predict_transforms, restore_to_original
+from h2aseg.errors import checkpoint_load_error
 from h2aseg.inference.quantify import atomic_output, case_summary, lesion_table, write_lesion_report
 from h2aseg.models import build_model
 from h2aseg.viz import save_nifti_case_figure
@@ -138,7 +135,7 @@ class Predictor:
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch.load raises many types (pickle, zip, EOF, runtime)
-            raise ValueError(f"{path}: not a readable checkpoint ({_first_line(error)})") from error
+            raise ValueError(f"{path}: {checkpoint_load_error(error)}") from error
         config = (
             checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
         )
@@ -212,13 +209,14 @@ class Predictor:
 
         The mask is written on the original PET grid (``grid="pet"``) or the CT file's grid
         (``grid="ct"``) with that file's affine; the lesions are always measured on the PET grid
-        with the original SUV values. All files of the case appear together or not at all.
+        with the original SUV values. Each file appears only once complete (written under a
+        temporary name, then renamed); a case that fails leaves none.
 
         Args:
             ct: CT NIfTI in HU.
             pet: PET NIfTI in SUV.
             out_dir: output folder (created).
-            case_id: prefix of the output files.
+            case_id: prefix of the output files (a plain name: no folder part, not ``.``/``..``).
             grid: ``"pet"`` or ``"ct"``: the grid of the written mask and probabilities.
             save_probabilities: also write ``{case}_prob.nii.gz`` (lesion probability, float32;
                 one volume per foreground class, last axis, for multi-class models).
@@ -229,6 +227,8 @@ class Predictor:
         if grid not in ("pet", "ct"):
             raise ValueError(f"grid must be 'pet' or 'ct', got {grid!r}")
         ct, pet, out_dir = Path(ct), Path(pet), Path(out_dir)
+        if not case_id or case_id in (".", "..") or Path(case_id).name != case_id or "\\" in case_id:
+            raise ValueError(f"case_id {case_id!r}: must be a plain file name prefix (no folder part)")
         check_output_dir(out_dir)
         pet_image, ct_image = check_case_inputs(ct, pet)
         data = self.transforms({"case_id": case_id, "patient_id": case_id, "ct": str(ct), "pet": str(pet)})
@@ -269,69 +269,6 @@ class Predictor:
             probabilities=paths.get("prob.nii.gz"),
             summary=summary,
         )
-
-
-def predict(
-    model_path: str | Path,
-    out_dir: str | Path,
-    *,
-    ct: str | Path | None = None,
-    pet: str | Path | None = None,
-    dataset: str | Path | None = None,
-    ct_dicom: str | Path | None = None,
-    pet_dicom: str | Path | None = None,
-    grid: Grid = "pet",
-    overlap: float | None = None,
-    sw_batch_size: int | None = None,
-    tta: TtaSetting = None,
-    save_probabilities: bool = False,
-    device: str = "auto",
-) -> list[CaseResult]:
-    """Segment one NIfTI pair, every case of a dataset folder, or one DICOM study.
-
-    Exactly one input: ``ct`` + ``pet`` (NIfTI, HU and SUV), ``dataset`` (a folder in any layout
-    :func:`h2aseg.data.layouts.read_dataset` knows; labels not needed), or ``ct_dicom`` +
-    ``pet_dicom`` (series folders, converted to NIfTI with SUV in a temporary folder first).
-    Every input is checked before the first case runs.
-
-    Args:
-        model_path: checkpoint (see :meth:`Predictor.from_checkpoint`).
-        out_dir: output folder (created; must not be a file).
-        grid, save_probabilities: as in :meth:`Predictor.predict_case`.
-        overlap, sw_batch_size, tta, device: as in :class:`Predictor` (``None`` = the config's).
-
-    Returns:
-        One :class:`CaseResult` per case, in input order.
-    """
-    out_dir = Path(out_dir)
-    check_output_dir(out_dir)
-    given = {
-        "--ct/--pet": (ct, pet),
-        "--dataset": (dataset,),
-        "--ct-dicom/--pet-dicom": (ct_dicom, pet_dicom),
-    }
-    chosen = [name for name, values in given.items() if any(value is not None for value in values)]
-    if len(chosen) != 1:
-        raise ValueError("give exactly one input: --ct with --pet, --dataset, or --ct-dicom with --pet-dicom")
-    if any(value is None for value in given[chosen[0]]):
-        raise ValueError(f"{chosen[0]}: both of the pair are needed")
-    predictor = Predictor.from_checkpoint(
-        model_path, device, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta
-    )
-    with tempfile.TemporaryDirectory(prefix="h2aseg-dicom-") as scratch:
-        if dataset is not None:
-            cases = [(case.case_id, case.ct, case.pet) for case in read_dataset(Path(dataset))]
-        elif ct is not None and pet is not None:
-            cases = [(case_id_from_path(Path(pet)), Path(ct), Path(pet))]
-        else:
-            converted = convert_dicom(Path(ct_dicom), Path(pet_dicom), Path(scratch))
-            cases = [(case_id_from_path(Path(pet_dicom)), converted["ct"], converted["pet_suv"])]
-        for _, case_ct, case_pet in cases:
-            check_case_inputs(case_ct, case_pet)
-        return [
-            predictor.predict_case(case_ct, case_pet, out_dir, case_id, grid, save_probabilities)
-            for case_id, case_ct, case_pet in track(cases, description="segmenting", disable=len(cases) < 2)
-        ]
 
 
 def flip_combinations(tta: TtaSetting) -> tuple[tuple[int, ...], ...]:

@@ -1,0 +1,1 @@
+"""Whole pipelines: prediction of pairs, datasets and DICOM studies."""
