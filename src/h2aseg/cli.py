@@ -233,7 +233,9 @@ def evaluate(
     from h2aseg.evaluation.evaluate import evaluate_folder, format_summary_table
 
     summary = _run(lambda: evaluate_folder(pred, gt, out))
-    Console().print(format_summary_table(summary))
+    stdout = Console()
+    # A Markdown table must not wrap mid-row when piped (Rich assumes 80 columns off a terminal).
+    (stdout if stdout.is_terminal else Console(width=10_000)).print(format_summary_table(summary))
 
 
 @app.command()

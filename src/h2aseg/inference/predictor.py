@@ -231,7 +231,16 @@ class Predictor:
             raise ValueError(f"case_id {case_id!r}: must be a plain file name prefix (no folder part)")
         check_output_dir(out_dir)
         pet_image, ct_image = check_case_inputs(ct, pet)
-        data = self.transforms({"case_id": case_id, "patient_id": case_id, "ct": str(ct), "pet": str(pet)})
+        try:
+            data = self.transforms(
+                {"case_id": case_id, "patient_id": case_id, "ct": str(ct), "pet": str(pet)}
+            )
+        except (
+            Exception
+        ) as error:  # MONAI wraps reader errors (EOFError of a truncated gzip...) in RuntimeError
+            raise ValueError(
+                f"{ct} / {pet}: cannot be read or preprocessed ({_root_cause(error)})"
+            ) from error
         probabilities = self.predict_volume(data["image"][None])[0]
         labels = self.labels_from(probabilities)
         pet_labels, _ = restore_to_original(labels, data, grid="pet", mode="nearest")
@@ -294,7 +303,17 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` → CUDA when available, else CPU; other values as ``torch.device``."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"device {str(device)!r}: not a device (auto, cpu, cuda or cuda:N)") from error
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: CUDA is not available on this machine (use cpu or auto)")
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return chosen
 
 
 def case_id_from_path(path: Path) -> str:
@@ -376,6 +395,13 @@ def _save_nifti(array: np.ndarray, like: nib.Nifti1Image, path: Path) -> None:
     header.set_data_dtype(array.dtype)
     header["cal_min"], header["cal_max"] = 0.0, 0.0  # the source's display range does not fit
     nib.save(type(like)(array, None, header=header), path)
+
+
+def _root_cause(error: BaseException) -> str:
+    """``Type: first line`` of the innermost exception of a chain (MONAI nests the reader's error)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return f"{type(error).__name__}: {_first_line(error)}"
 
 
 def _first_line(error: BaseException) -> str:
