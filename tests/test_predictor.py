@@ -18,8 +18,8 @@ from h2aseg.inference.predictor import (
     case_id_from_path,
     check_case_inputs,
     flip_combinations,
-    predict,
 )
+from h2aseg.pipeline.batch import predict
 from h2aseg.models import build_model
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -218,7 +218,7 @@ def test_predict_validates_its_inputs(checkpoint: Path, case: tuple, tmp_path: P
         predict(checkpoint, tmp_path, ct=ct_path, pet=pet_path, dataset=tmp_path)
     with pytest.raises(ValueError, match="both of the pair"):
         predict(checkpoint, tmp_path, ct=ct_path)
-    with pytest.raises(ValueError, match="no such CT file"):
+    with pytest.raises(ValueError, match=r"nope\.nii\.gz: missing CT file"):
         predict(checkpoint, tmp_path, ct=tmp_path / "nope.nii.gz", pet=pet_path, device="cpu")
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")

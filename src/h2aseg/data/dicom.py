@@ -124,7 +124,7 @@ def read_pet_suv(series_dir: Path, series_uid: str | None = None) -> sitk.Image:
 
     Returns:
         float32 SUV image (g/mL) in LPS patient geometry; metadata ``0020|0052`` holds the
-        FrameOfReferenceUID.
+        FrameOfReferenceUID, ``0010|0020`` the PatientID.
 
     Raises:
         DicomSuvError: the series cannot be converted to SUV (see :func:`h2aseg.data.suv.suv_calibration`).
@@ -137,7 +137,8 @@ def read_pet_suv(series_dir: Path, series_uid: str | None = None) -> sitk.Image:
     image = _read_series(files)
     suv = sitk.Cast(image * calibration.factor, sitk.sitkFloat32)
     suv.CopyInformation(image)
-    suv.SetMetaData(FRAME_OF_REFERENCE_KEY, image.GetMetaData(FRAME_OF_REFERENCE_KEY))
+    for key in (FRAME_OF_REFERENCE_KEY, PATIENT_ID_KEY):
+        suv.SetMetaData(key, image.GetMetaData(key))
     return suv
 
 
@@ -149,7 +150,8 @@ def read_ct_hu(series_dir: Path, series_uid: str | None = None) -> sitk.Image:
         series_uid: the SeriesInstanceUID to read when the folder holds several CT series.
 
     Returns:
-        float32 HU image in LPS patient geometry; metadata ``0020|0052`` holds the FrameOfReferenceUID.
+        float32 HU image in LPS patient geometry; metadata ``0020|0052`` holds the FrameOfReferenceUID,
+        ``0010|0020`` the PatientID.
 
     Raises:
         ValueError: no CT series, several, or slices sharing a position.
@@ -158,7 +160,8 @@ def read_ct_hu(series_dir: Path, series_uid: str | None = None) -> sitk.Image:
     files = _sorted_slices(_series_files(series_dir, "CT", CT_IMAGE_STORAGE, series_uid), series_dir)
     image = _read_series(files)
     ct_hu = sitk.Cast(image, sitk.sitkFloat32)
-    ct_hu.SetMetaData(FRAME_OF_REFERENCE_KEY, image.GetMetaData(FRAME_OF_REFERENCE_KEY))
+    for key in (FRAME_OF_REFERENCE_KEY, PATIENT_ID_KEY):
+        ct_hu.SetMetaData(key, image.GetMetaData(key))
     return ct_hu
 
 

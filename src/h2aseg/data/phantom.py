@@ -310,17 +310,15 @@ def _claim_cohort_folder(out_dir: Path, identity: dict[str, object]) -> None:
     marker = out_dir / COHORT_MARKER
     if marker.is_file():
         written = json.loads(marker.read_text(encoding="utf-8"))
-        if written != identity:
-            differing = ", ".join(
-                f"{key} {written.get(key)!r} (not {value!r})"
-                for key, value in identity.items()
-                if written.get(key) != value
+        differing = [
+            f"{key} {written.get(key)!r}" for key, value in identity.items() if written.get(key) != value
+        ]
+        if differing:
+            raise ValueError(
+                f"{out_dir}: holds another phantom cohort ({', '.join(differing)}); choose another --out"
             )
-            raise ValueError(f"{out_dir}: holds another phantom cohort ({differing}); choose another --out")
     elif out_dir.is_dir() and any(out_dir.rglob("*.nii*")):
-        raise ValueError(
-            f"{out_dir}: already holds NIfTI files that are not this cohort; choose another --out"
-        )
+        raise ValueError(f"{out_dir}: holds NIfTI files of another dataset; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(identity), encoding="utf-8")
 
