@@ -19,8 +19,8 @@ from h2aseg.inference.predictor import (
     check_case_inputs,
     flip_combinations,
 )
-from h2aseg.pipeline.batch import predict
 from h2aseg.models import build_model
+from h2aseg.pipeline.batch import predict
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY_UNET = {"name": "unet3d", "features": [2, 2, 4, 4, 8, 2]}

@@ -109,8 +109,10 @@ def _unreadable_slice(files: list[tuple[Path, Dataset]], error: RuntimeError) ->
         try:
             sitk.ReadImage(str(path))
         except RuntimeError as slice_error:
-            reason = next((line for line in str(slice_error).splitlines() if line.strip()), "")
-            return f"{path}: unreadable DICOM slice ({reason.strip()[:200]})"
+            lines = [line.strip() for line in str(slice_error).splitlines() if line.strip()]
+            reason = (lines[-1] if lines else "").removeprefix("sitk::ERROR:").strip()
+            reason = reason.split(f' for "{path}"')[0][:200]  # SimpleITK repeats the path
+            return f"{path}: unreadable DICOM slice ({reason})"
     return f"{files[0][0].parent}: the series cannot be read ({str(error).strip().splitlines()[0][:200]})"
 
 

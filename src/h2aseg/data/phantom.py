@@ -311,7 +311,9 @@ def _claim_cohort_folder(out_dir: Path, identity: dict[str, object]) -> None:
     if marker.is_file():
         written = json.loads(marker.read_text(encoding="utf-8"))
         differing = [
-            f"{key} {written.get(key)!r}" for key, value in identity.items() if written.get(key) != value
+            f"{key} {written.get(key)!r}, not {value!r}"
+            for key, value in identity.items()
+            if written.get(key) != value
         ]
         if differing:
             raise ValueError(

@@ -145,7 +145,10 @@ def check_network(config: Mapping[str, Any], config_path: Path, overrides: Seque
     except (TypeError, ValueError) as error:
         blamed = [item for item in overrides if item.partition("=")[0].strip().startswith("model.")]
         where = ", ".join(blamed) if blamed else f"{config_path}: model section"
-        raise ValueError(f"{where}: {str(error).strip().splitlines()[0]}") from error
+        name = config["model"].get("name")
+        raise ValueError(
+            f"{where}: cannot build model {name!r} ({str(error).strip().splitlines()[0]})"
+        ) from error
 
 
 def _checkpoint_config(path: Path) -> dict[str, Any]:
