@@ -28,7 +28,7 @@ from h2aseg.data.phantom_shapes import Grid
 from h2aseg.inference.predictor import Predictor
 from h2aseg.models import build_model
 from h2aseg.training.config import resolve_config
-from h2aseg.training.preflight import StopOnNonFiniteLoss
+from h2aseg.training.preflight import StopOnNonFiniteLoss, remove_stale_temporaries
 
 runner = CliRunner()
 STS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sts-petct" / "sts_images"
@@ -431,3 +431,34 @@ def test_gzip_is_really_truncated(tmp_path: Path, cohort: Path) -> None:
     with pytest.raises(EOFError), gzip.open(path) as stream:
         stream.read()
     assert nib.load(path).shape == nib.load(cohort / "phantom_000_pet.nii.gz").shape
+
+
+def test_overwrite_replaces_a_run_and_keeps_other_files(
+    tmp_path: Path, cohort: Path, checkpoint: Path
+) -> None:
+    args, _, run = _existing_run(tmp_path, cohort, checkpoint)
+    (run / "notes.txt").write_text("mine")
+    result = runner.invoke(app, [*args, "--overwrite", "trainer.limit_train_batches=1"])
+    assert result.exit_code == 0, result.output
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["hyper_parameters"]["config"]["output_dir"] == str(run)
+    assert (run / "notes.txt").read_text() == "mine"
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+
+
+def test_stale_checkpoint_temporaries_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    dead = subprocess_pid_that_ended()
+    stale = tmp_path / f".last.ckpt.{dead}.0123abcd.tmp"
+    live = tmp_path / f".last.ckpt.{os.getpid()}.4567ef01.tmp"
+    for path in (stale, live):
+        path.write_bytes(b"")
+    remove_stale_temporaries(tmp_path)
+    assert not stale.exists()
+    assert live.exists()
+
+
+def subprocess_pid_that_ended() -> int:
+    process = multiprocessing.get_context("fork").Process(target=int)
+    process.start()
+    process.join()
+    return process.pid

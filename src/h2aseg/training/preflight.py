@@ -105,10 +105,13 @@ def check_run_folder(config: Mapping[str, Any], checkpoint_dir: Path, resume: bo
         )
 
 
-def clear_run_folder(output_dir: Path) -> None:
-    """Remove what a run wrote into ``output_dir`` (:data:`RUN_FILES`); other files stay."""
+def clear_run_folder(output_dir: Path, keep: str | Path | None = None) -> None:
+    """Remove what a run wrote into ``output_dir`` (:data:`RUN_FILES`) except ``keep`` (a given
+    ``data.split_file`` may lie there); other files stay."""
     for name in RUN_FILES:
         path = Path(output_dir) / name
+        if keep is not None and path.absolute() == Path(keep).absolute():
+            continue
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():

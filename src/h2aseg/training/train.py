@@ -193,7 +193,7 @@ def run_training(
     if rank_zero_only.rank == 0:
         remove_stale_temporaries(directory)
         if overwrite:
-            clear_run_folder(output_dir)
+            clear_run_folder(output_dir, keep=config["data"]["split_file"])
         save_config(config, output_dir / CONFIG_FILENAME)
         logger.info("resolved config written to %s", output_dir / CONFIG_FILENAME)
     try:
@@ -204,7 +204,7 @@ def run_training(
             trainer.fit(module, datamodule=datamodule, ckpt_path=last_path if resume else None)
     except BaseException:
         if rank_zero_only.rank == 0 and not any(directory.glob("*.ckpt")):
-            clear_run_folder(output_dir)
+            clear_run_folder(output_dir, keep=config["data"]["split_file"])
             if not existed and output_dir.is_dir() and not any(output_dir.iterdir()):
                 output_dir.rmdir()
         raise
