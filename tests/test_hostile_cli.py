@@ -268,6 +268,7 @@ HOSTILE: dict[str, Setup] = {
     ),
     "train-model-channels-abc": _training(overrides=("model.channels=abc",), culprit="model.channels=abc"),
     "train-gpu-without-gpu": _gpu_without_gpu,
+    "train-split-file-missing": _training(overrides=("data.split_file=none.json",), culprit="none.json"),
     "train-into-an-existing-run": _existing_run,
     "train-resume-with-another-network": _resume_with_another_network,
     "phantom-into-a-cohort-of-another-seed": _phantom_other_seed,
@@ -462,3 +463,12 @@ def subprocess_pid_that_ended() -> int:
     process.start()
     process.join()
     return process.pid
+
+
+def test_predict_case_names_a_file_monai_cannot_read(tmp_path: Path, cohort: Path, checkpoint: Path) -> None:
+    ct, pet, _ = _copy_case(cohort, tmp_path / "in")
+    _truncate(pet)
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    with pytest.raises(ValueError, match=r"phantom_000_pet\.nii\.gz: cannot be read .*EOFError"):
+        predictor.predict_case(ct, pet, tmp_path / "out", "phantom_000")
+    assert not (tmp_path / "out").exists()
