@@ -422,7 +422,7 @@ def test_evaluate_table_is_not_wrapped_when_piped(tmp_path: Path, cohort: Path) 
     rows = [line for line in result.output.splitlines() if line.startswith("|")]
     assert len(rows) == 3
     assert all(row.endswith("|") for row in rows)
-    assert rows[2].startswith("| prediction | 100.00")
+    assert rows[2].startswith("| prediction | lesion (1) | 100.00")
 
 
 def test_gzip_is_really_truncated(tmp_path: Path, cohort: Path) -> None:
