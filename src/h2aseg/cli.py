@@ -61,7 +61,9 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(code=1) from None
 
 
-_COVERAGE_HELP = "Least fraction of the PET body extent the CT covers along z (x, y: at most 0.5), 0 = any [default: 0.75]."
+_COVERAGE_HELP = (
+    "Least fraction of the PET body the CT covers along z (x, y: 0.5 at most), 0 = any [default: 0.75]."
+)
 
 
 def _given(**options: object) -> dict[str, object]:
