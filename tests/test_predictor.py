@@ -291,6 +291,7 @@ def test_predict_from_dicom_series(checkpoint: Path, tmp_path: Path) -> None:
         device="cpu",
     )
     assert result.case_id == "STS_002"
+    assert not list(tmp_path.glob(".h2aseg-dicom-*"))  # the converted NIfTI do not outlive the run
     reference = nib.load(folder / "PET" / "nifti" / "image" / "image.nii.gz")
     assert nib.load(result.mask).shape == reference.shape
     np.testing.assert_allclose(nib.load(result.mask).affine, reference.affine, atol=1e-3)
