@@ -22,13 +22,14 @@ import yaml
 from typer.testing import CliRunner
 
 from h2aseg.cli import app
-from h2aseg.data.phantom import write_cohort
-from h2aseg.data.phantom_sampling import PRESETS
-from h2aseg.data.phantom_shapes import Grid
+from h2aseg.config import resolve_config, to_plain
 from h2aseg.inference.predictor import Predictor
+from h2aseg.io import remove_stale_temporaries
 from h2aseg.models import build_model
-from h2aseg.training.config import resolve_config
-from h2aseg.training.preflight import StopOnNonFiniteLoss, remove_stale_temporaries
+from h2aseg.phantom.cohort import write_cohort
+from h2aseg.phantom.sampling import PRESETS
+from h2aseg.phantom.shapes import Grid
+from h2aseg.training.preflight import StopOnNonFiniteLoss
 
 runner = CliRunner()
 STS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sts-petct" / "sts_images"
@@ -228,7 +229,7 @@ def _existing_run(tmp: Path, cohort: Path, checkpoint: Path) -> tuple[list[str],
 
 def _resume_with_another_network(tmp: Path, cohort: Path, checkpoint: Path) -> tuple[list[str], str, Path]:
     args, _, run = _training()(tmp, cohort, checkpoint)
-    saved = resolve_config(Path(args[2]), ["model.channels=[4, 8, 16, 32, 64]"])
+    saved = to_plain(resolve_config(Path(args[2]), ["model.channels=[4, 8, 16, 32, 64]"]))
     (run / "checkpoints").mkdir(parents=True)
     torch.save({"hyper_parameters": {"config": saved}}, run / "checkpoints" / "last.ckpt")
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
@@ -402,7 +403,9 @@ def test_kill_9_of_a_dataset_prediction_then_rerun(tmp_path: Path, cohort: Path,
     first = _complete_cases(out)[:2]
     assert len(_complete_cases(out)) < N_CASES, "the run finished before the kill"
     stamps = {path.name: path.stat().st_mtime_ns for case in first for path in out.glob(f"{case}_*")}
-    (out / ".tmp-deadbeef-phantom_003_seg.nii.gz").write_bytes(b"")  # as a kill mid-write leaves
+    (out / f".tmp-{process.pid}-deadbeef-phantom_003_seg.nii.gz").write_bytes(
+        b""
+    )  # as a kill mid-write leaves
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert len(_complete_cases(out)) == N_CASES
@@ -444,13 +447,13 @@ def test_overwrite_replaces_a_run_and_keeps_other_files(
     best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
     assert best["hyper_parameters"]["config"]["output_dir"] == str(run)
     assert (run / "notes.txt").read_text() == "mine"
-    assert not list((run / "checkpoints").glob(".*.tmp"))
+    assert not list((run / "checkpoints").glob(".tmp-*"))
 
 
 def test_stale_checkpoint_temporaries_of_dead_processes_are_removed(tmp_path: Path) -> None:
     dead = subprocess_pid_that_ended()
-    stale = tmp_path / f".last.ckpt.{dead}.0123abcd.tmp"
-    live = tmp_path / f".last.ckpt.{os.getpid()}.4567ef01.tmp"
+    stale = tmp_path / f".tmp-{dead}-0123abcd-last.ckpt"
+    live = tmp_path / f".tmp-{os.getpid()}-4567ef01-last.ckpt"
     for path in (stale, live):
         path.write_bytes(b"")
     remove_stale_temporaries(tmp_path)

@@ -86,7 +86,7 @@ def demo(
     ] = None,
 ) -> None:
     """Synthetic cohort -> train H2ASeg -> predict held-out cases -> metrics, masks, reports, pictures."""
-    from h2aseg.demo import run_demo
+    from h2aseg.pipeline.demo import run_demo
 
     _run(lambda: run_demo(out, n_cases=cases, seed=seed, max_minutes=minutes))
 
@@ -100,7 +100,7 @@ def phantom(
     preset: Annotated[str, typer.Option(help="small | autopet | hecktor")] = "small",
 ) -> None:
     """Write a synthetic PET/CT cohort (CT in HU, PET in SUV, lesion masks) in a real dataset layout."""
-    from h2aseg.data.phantom import write_cohort
+    from h2aseg.phantom.cohort import write_cohort
 
     written = _run(lambda: write_cohort(out, n_cases=cases, seed=seed, layout=layout, preset=preset))
     console.print(f"wrote {len(written)} cases ({layout} layout, {preset} preset) to {out}")
@@ -112,19 +112,21 @@ def convert_dicom(
     ct: Annotated[Path | None, typer.Option(help="CT DICOM series folder.")] = None,
     pet: Annotated[Path | None, typer.Option(help="PET DICOM series folder.")] = None,
     rtstruct: Annotated[Path | None, typer.Option(help="RTSTRUCT file to turn into a mask.")] = None,
-    roi: Annotated[str | None, typer.Option(help="ROI name in the RTSTRUCT.")] = None,
+    roi: Annotated[
+        str | None, typer.Option(help="ROI name in the RTSTRUCT (optional when it holds one ROI).")
+    ] = None,
     allow_different_frames: Annotated[
         bool, typer.Option(help="Accept CT and PET of different patients or frames of reference.")
     ] = False,
 ) -> None:
     """CT + PET DICOM series -> NIfTI, PET in body-weight SUV, CT on the PET grid."""
-    from h2aseg.data.dicom import convert_dicom as convert
+    from h2aseg.data.dicom.series import convert_dicom as convert
 
     if ct is None and pet is None:
         console.print("[bold red]error:[/] give --ct, --pet or both")
         raise typer.Exit(code=1)
-    if (rtstruct is None) != (roi is None):
-        console.print("[bold red]error:[/] --rtstruct and --roi go together")
+    if roi is not None and rtstruct is None:
+        console.print("[bold red]error:[/] --roi names an ROI of --rtstruct: give the RTSTRUCT file too")
         raise typer.Exit(code=1)
     written = _run(
         lambda: convert(
@@ -199,8 +201,19 @@ def predict(
     ] = False,
 ) -> None:
     """Whole-volume segmentation: masks in the original geometry, lesion reports, MIP pictures."""
-    from h2aseg.pipeline.batch import predict as run_prediction
+    from h2aseg.pipeline.predict import INPUTS
+    from h2aseg.pipeline.predict import predict as run_prediction
 
+    given = {"ct": ct, "pet": pet, "dataset": dataset, "ct_dicom": ct_dicom, "pet_dicom": pet_dicom}
+    flags = {
+        kind: "/".join(f"--{name.replace('_', '-')}" for name in names) for kind, names in INPUTS.items()
+    }
+    chosen = [kind for kind, names in INPUTS.items() if any(given[name] is not None for name in names)]
+    if len(chosen) != 1 or any(given[name] is None for name in INPUTS[chosen[0]]):
+        console.print(
+            f"[bold red]error:[/] give exactly one input: {', or '.join(flags.values())} (pairs together)"
+        )
+        raise typer.Exit(code=1)
     results = _run(
         lambda: run_prediction(
             model,
@@ -250,7 +263,7 @@ def evaluate(
     def run() -> dict:
         classes = None
         if config is not None:
-            from h2aseg.training.config import resolve_config
+            from h2aseg.config import resolve_config
 
             classes = resolve_config(config)["classes"]
         selected = [entry for text in labels or [] for entry in text.replace(",", " ").split()]

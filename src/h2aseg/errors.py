@@ -35,3 +35,11 @@ def checkpoint_load_error(error: BaseException) -> str:
         return UNSAFE_CHECKPOINT
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def root_cause(error: BaseException) -> str:
+    """``Type: first line`` of the innermost exception of a chain (MONAI nests the reader's error)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")

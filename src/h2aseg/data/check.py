@@ -18,6 +18,7 @@ from rich.progress import track
 from rich.table import Table
 
 from h2aseg.data import layouts
+from h2aseg.io import overlap_problem, world_box_mm
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +71,6 @@ def _spatial_shape(header: nib.Nifti1Header) -> tuple[int, ...]:
     return shape
 
 
-def _world_box(image: nib.spatialimages.SpatialImage) -> np.ndarray:
-    """RAS mm bounding box ``(2, 3)`` (min, max) of the voxel centres of a 3-D image."""
-    corners = np.array(list(itertools.product(*[(0, n - 1) for n in image.shape[:3]])), dtype=float)
-    world = nib.affines.apply_affine(image.affine, corners)
-    return np.stack([world.min(axis=0), world.max(axis=0)])
-
-
 def _same_grid(first: nib.spatialimages.SpatialImage, second: nib.spatialimages.SpatialImage) -> bool:
     """Same shape and affine (within ``GRID_TOLERANCE_MM``)."""
     return first.shape[:3] == second.shape[:3] and np.allclose(
@@ -105,9 +99,9 @@ def _check_geometry(case_id: str, images: dict[str, nib.spatialimages.SpatialIma
     problems = []
     ct, pet, label = (images.get(key) for key in MODALITIES)
     if ct is not None and pet is not None:
-        ct_box, pet_box = _world_box(ct), _world_box(pet)
-        if np.any(ct_box[0] > pet_box[1]) or np.any(pet_box[0] > ct_box[1]):
-            message = f"CT and PET ({Path(pet.get_filename()).name}) do not overlap in space"
+        problem = overlap_problem(ct, pet)
+        if problem is not None:
+            message = f"{problem} (PET file {Path(pet.get_filename()).name})"
             problems.append(Problem(case_id, str(ct.get_filename()), message))
     if label is not None:
         grids = [image for image in (pet, ct) if image is not None]
@@ -195,7 +189,7 @@ def ct_coverage(ct_box_mm: np.ndarray, pet_voxels: np.ndarray, pet_affine: np.nd
     """Fraction of the PET's body extent covered by the CT, per world axis.
 
     Args:
-        ct_box_mm: ``(2, 3)`` lower and upper corners of the CT (voxel centres), world mm.
+        ct_box_mm: ``(2, 3)`` lower and upper corners of the CT, world mm.
         pet_voxels: ``(X, Y, Z)`` PET values; the body is the voxels above ``PET_BODY_FRACTION``
             of the 99th percentile (finite values only).
         pet_affine: ``(4, 4)`` voxel index to the same world mm as ``ct_box_mm``.
@@ -236,8 +230,8 @@ def _check_ct_coverage(
     pet_voxels: np.ndarray,
     min_coverage: float,
 ) -> list[Problem]:
-    """The CT must cover ``min_coverage`` of the PET's body extent (RAS mm) along each axis."""
-    message = coverage_message(ct_coverage(_world_box(ct), pet_voxels, pet.affine), min_coverage)
+    """The CT (voxel edges) must cover enough of the PET's body extent (RAS mm): :func:`coverage_message`."""
+    message = coverage_message(ct_coverage(world_box_mm(ct), pet_voxels, pet.affine), min_coverage)
     return [] if message is None else [Problem(case_id, str(ct.get_filename()), message)]
 
 

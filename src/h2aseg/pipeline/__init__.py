@@ -1,1 +1,2 @@
-"""Whole pipelines: prediction of pairs, datasets and DICOM studies."""
+"""End-to-end pipelines above inference and training: ``predict`` (the library side of
+``h2aseg predict``) and ``demo``."""

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from h2aseg.data.layouts import detect_layout, read_dataset
 from h2aseg.data.validate import InputChecks, require_valid
 from h2aseg.errors import checkpoint_load_error
-from h2aseg.training.module import build_network
+from h2aseg.inference.checkpoint import build_network
 
 logger = logging.getLogger(__name__)
 
@@ -193,25 +192,3 @@ def _get(config: Mapping[str, Any], dotted: str) -> Any:
 
 def _differs(dotted: str, new: Mapping[str, Any], saved: Mapping[str, Any]) -> bool:
     return _get(new, dotted) != _get(saved, dotted)
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Remove ``.NAME.PID.HEX.tmp`` files (:func:`h2aseg.training.config.sibling_temporary`) of
-    processes that no longer run: the leftovers of a checkpoint write that was killed."""
-    if not folder.is_dir():
-        return
-    for path in folder.glob(".*.tmp"):
-        parts = path.name.split(".")
-        if len(parts) >= 4 and parts[-3].isdigit() and not _process_alive(int(parts[-3])):
-            logger.info("removing %s (left by a killed run)", path)
-            path.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

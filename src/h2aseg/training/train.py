@@ -8,10 +8,9 @@ or SLURM ``srun`` for several; Lightning reads the cluster environment).
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,9 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from h2aseg.config import CONFIG_FILENAME, resolve_config, save_config, to_plain
 from h2aseg.data.check import MIN_CT_COVERAGE
-from h2aseg.training.config import CONFIG_FILENAME, resolve_config, save_config, sibling_temporary
+from h2aseg.io import atomic_output, remove_stale_temporaries
 from h2aseg.training.datamodule import PETCTDataModule
 from h2aseg.training.module import SegmentationModule
 from h2aseg.training.preflight import (
@@ -39,7 +39,6 @@ from h2aseg.training.preflight import (
     check_run_folder,
     check_training_data,
     clear_run_folder,
-    remove_stale_temporaries,
 )
 
 logger = logging.getLogger(__name__)
@@ -67,14 +66,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = sibling_temporary(path)
-        try:
-            with temporary.open("wb") as stream:
-                torch.save(checkpoint, stream)
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        with atomic_output(path) as temporary, temporary.open("wb") as stream:
+            torch.save(checkpoint, stream)
 
 
 class TimeBudget(Callback):
@@ -152,7 +145,7 @@ def train(
 
 
 def run_training(
-    config: dict[str, Any],
+    config: Mapping[str, Any],
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
     *,
@@ -166,7 +159,7 @@ def run_training(
     removes what it wrote (config, split, logs).
 
     Args:
-        config: resolved config (:func:`h2aseg.training.config.resolve_config`).
+        config: resolved config (:func:`h2aseg.config.resolve_config`).
         resume: continue from ``output_dir/checkpoints/last.ckpt`` (same network and data).
         callbacks: extra Lightning callbacks.
         overwrite: replace a run already in ``output_dir``.
@@ -176,6 +169,7 @@ def run_training(
     Returns:
         The fitted trainer (``trainer.lightning_module`` holds the final weights).
     """
+    config = to_plain(config)
     output_dir = Path(config["output_dir"])
     directory = checkpoint_dir(config)
     last_path = directory / f"{LAST_NAME}.ckpt"
@@ -217,7 +211,8 @@ def checkpoint_dir(config: dict[str, Any]) -> Path:
 
 
 def build_trainer(config: dict[str, Any], callbacks: Sequence[Callback] = ()) -> lightning.Trainer:
-    """A Lightning ``Trainer`` from the ``trainer`` section: checkpoints, CSV and TensorBoard logs,
+    """A Lightning ``Trainer`` from the ``trainer`` section (stopping at ``max_epochs`` or, when set,
+    ``max_steps`` optimisation steps, whichever comes first): checkpoints, CSV and TensorBoard logs,
     Rich progress bar, precision, accelerator, devices, nodes, strategy and an optional exponential
     moving average of the weights (``trainer.ema_decay``)."""
     settings = config["trainer"]
@@ -257,6 +252,7 @@ def build_trainer(config: dict[str, Any], callbacks: Sequence[Callback] = ()) ->
         strategy=settings["strategy"],
         precision=settings["precision"],
         max_epochs=settings["max_epochs"],
+        max_steps=-1 if settings["max_steps"] is None else settings["max_steps"],
         check_val_every_n_epoch=settings["val_every"],
         log_every_n_steps=settings["log_every_n_steps"],
         callbacks=[

@@ -1,4 +1,5 @@
-"""``predict``: the library function behind ``h2aseg predict`` (one NIfTI pair, a dataset, a DICOM study).
+"""``predict``: the library function behind ``h2aseg predict``: choose the input (NIfTI pair, dataset
+folder or DICOM study), convert DICOM, name the cases, validate them, and segment them with a checkpoint.
 
 Every case is validated (:mod:`h2aseg.data.validate`) before the first window. A dataset run goes
 on past a bad case and reports the failures at the end; a case whose files are all there is
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -20,25 +22,23 @@ from rich.progress import track
 from rich.table import Table
 
 from h2aseg.data.check import MIN_CT_COVERAGE
-from h2aseg.data.dicom import convert_dicom
+from h2aseg.data.dicom.series import convert_dicom
 from h2aseg.data.layouts import Case, read_dataset
 from h2aseg.data.validate import InputChecks, find_problems, require_valid
 from h2aseg.errors import error_line
-from h2aseg.inference.predictor import (
-    CaseResult,
-    Grid,
-    Predictor,
-    TtaSetting,
-    case_id_from_path,
-    check_output_dir,
-)
+from h2aseg.inference.export import CaseResult, Grid, check_output_dir
+from h2aseg.inference.predictor import Predictor, TtaSetting
+from h2aseg.io import remove_stale_temporaries, strip_nifti_suffix
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_SUFFIXES = ("seg.nii.gz", "lesions.csv", "summary.json", "mip.png")
 """The files of a case, ``{case}_{suffix}`` (plus ``prob.nii.gz`` with probabilities)."""
-TEMPORARY_PATTERNS = (".tmp-*", ".h2aseg-dicom-*")
-"""Names of the temporary files and folders a prediction leaves when it is killed."""
+TEMPORARY_PREFIXES = (".tmp-", ".h2aseg-dicom-")
+"""Temporary files and folders (``{prefix}{pid}-...``) a prediction leaves when it is killed."""
+INPUTS = {"NIfTI pair": ("ct", "pet"), "dataset": ("dataset",), "DICOM pair": ("ct_dicom", "pet_dicom")}
+"""The three kinds of input of :func:`predict`, by the names of its arguments."""
+_GENERIC_NAMES = {"pet", "suv", "pet_suv", "pt", "ct", "image", "images", "dicom", "nifti"}
 
 
 @dataclass(frozen=True)
@@ -115,26 +115,27 @@ def predict(
         One :class:`CaseResult` per case, in input order (skipped cases read back from their files).
 
     Raises:
-        ValueError: bad options, checkpoint or input (one pair or DICOM: nothing is written).
+        ValueError: not exactly one input or half a pair (the arguments of this function named), a
+            bad checkpoint, or a bad input (one pair or DICOM: nothing is written).
         CasesFailed: a dataset run where some cases failed; the others were written.
     """
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
-    given = {
-        "--ct/--pet": (ct, pet),
-        "--dataset": (dataset,),
-        "--ct-dicom/--pet-dicom": (ct_dicom, pet_dicom),
-    }
-    chosen = [name for name, values in given.items() if any(value is not None for value in values)]
+    given = {"ct": ct, "pet": pet, "dataset": dataset, "ct_dicom": ct_dicom, "pet_dicom": pet_dicom}
+    chosen = [kind for kind, names in INPUTS.items() if any(given[name] is not None for name in names)]
     if len(chosen) != 1:
-        raise ValueError("give exactly one input: --ct with --pet, --dataset, or --ct-dicom with --pet-dicom")
-    if any(value is None for value in given[chosen[0]]):
-        raise ValueError(f"{chosen[0]}: both of the pair are needed")
+        raise ValueError("give exactly one input: ct with pet, dataset, or ct_dicom with pet_dicom")
+    missing = [name for name in INPUTS[chosen[0]] if given[name] is None]
+    if missing:
+        raise ValueError(
+            f"{chosen[0]}: {' and '.join(INPUTS[chosen[0]])} are both needed ({missing[0]} missing)"
+        )
     checks = InputChecks(allow_non_suv=allow_non_suv, min_ct_coverage=min_ct_coverage)
     predictor = Predictor.from_checkpoint(
         model_path, device, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta
     )
-    remove_temporaries(out_dir)
+    for path in remove_stale_temporaries(out_dir, TEMPORARY_PREFIXES):
+        logger.info("removed %s (left by an interrupted run)", path)
     if dataset is not None:
         cases = [
             Case(case.case_id, case.patient_id, case.ct, case.pet) for case in read_dataset(Path(dataset))
@@ -146,7 +147,7 @@ def predict(
         return [predictor.predict_case(case.ct, case.pet, out_dir, case.case_id, grid, save_probabilities)]
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".h2aseg-dicom-", dir=out_dir))
+    scratch = Path(tempfile.mkdtemp(prefix=f".h2aseg-dicom-{os.getpid()}-", dir=out_dir))
     try:
         converted = convert_dicom(
             Path(ct_dicom),
@@ -240,15 +241,16 @@ def read_case_result(out_dir: Path, case_id: str, save_probabilities: bool) -> C
     )
 
 
-def remove_temporaries(out_dir: Path) -> None:
-    """Remove the temporary files and folders (:data:`TEMPORARY_PATTERNS`) a killed run left in
-    ``out_dir``. Two predictions must not write into one folder at the same time."""
-    if not out_dir.is_dir():
-        return
-    for pattern in TEMPORARY_PATTERNS:
-        for path in out_dir.glob(pattern):
-            logger.info("removing %s (left by an interrupted run)", path)
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+def case_id_from_path(path: Path) -> str:
+    """Case id of a lone PET file or DICOM folder.
+
+    The name without ``.nii[.gz]`` and a ``_pet``/``_suv``/``_0001`` suffix; when that leaves a
+    generic name (``SUV.nii.gz``, ``PET/dicom/``), the nearest parent folder with a specific name.
+    """
+    stem = strip_nifti_suffix(path.name) or path.name
+    for suffix in ("_pet_suv", "_pet", "_suv", "_0001"):
+        if stem.lower().endswith(suffix) and len(stem) > len(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    folders = [parent.name for parent in path.resolve().parents if parent.name]
+    return next((name for name in (stem, *folders) if name.lower() not in _GENERIC_NAMES), stem)
