@@ -53,7 +53,10 @@ def test_export_writes_nnunet_raw_layout_with_ct_and_pet_channels(tmp_path: Path
     assert (folder / "imagesTr" / "case0_0000.nii.gz").resolve() == cases[0].ct.resolve()
     assert (folder / "imagesTr" / "case1_0001.nii.gz").resolve() == cases[1].pet.resolve()
     assert (folder / "labelsTr" / "case1.nii.gz").resolve() == cases[1].label.resolve()
-    assert sorted(p.name for p in (folder / "imagesTs").iterdir()) == ["case2_0000.nii.gz", "case2_0001.nii.gz"]
+    assert sorted(p.name for p in (folder / "imagesTs").iterdir()) == [
+        "case2_0000.nii.gz",
+        "case2_0001.nii.gz",
+    ]
     with pytest.raises(ValueError, match="not in the cohort"):
         nnunet.export_raw_dataset(cases, ["case0", "nope"], [], tmp_path / "raw2")
 
@@ -63,15 +66,18 @@ def test_fold_split_is_the_benchmark_split(tmp_path: Path) -> None:
     assert json.loads(path.read_text()) == [{"train": ["a", "b"], "val": ["c"]}]
 
 
+NNUNET_ENV = Path(__file__).resolve().parents[1] / ".venv-nnunet"
+
+
 @pytest.mark.skipif(
-    nnunet.installed_version() is None,
-    reason="nnU-Net v2 is not installed (pip install -e '.[nnunet]'): its planning is not exercised",
+    nnunet.installed_version(NNUNET_ENV) is None,
+    reason=f"no nnU-Net environment in {NNUNET_ENV} (make nnunet-env): nnU-Net's planning is not exercised",
 )
 def test_nnunet_plans_ct_and_pet_with_the_right_normalisations(tmp_path: Path) -> None:
     cases = _tiny_cases(tmp_path / "cohort", 2)
     split = SimpleNamespace(train=["case0"], val=["case1"], test=[])
     nnunet.export_raw_dataset(cases, ["case0", "case1"], [], tmp_path / "nnUNet_raw")
-    plans = nnunet.plan_and_preprocess(tmp_path)
+    plans = nnunet.plan_and_preprocess(tmp_path, NNUNET_ENV)
     splits = nnunet.write_fold_split(split.train, split.val, tmp_path / "nnUNet_preprocessed")
     planned = nnunet.planned_network(plans)
     assert planned["normalization"] == ["CTNormalization", "ZScoreNormalization"]

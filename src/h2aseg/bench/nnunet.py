@@ -23,7 +23,10 @@ the cases and the split of the other rows, and scores its predictions with h2ase
 4. ``nnUNetv2_predict`` (nnU-Net's defaults: Gaussian sliding window, mirror TTA) on ``imagesTs``.
 
 Everything is cached per seed (a finished step is not redone), so the row can be completed over
-several invocations. nnU-Net is a benchmark-only dependency: ``pip install -e '.[nnunet]'``.
+several invocations.
+
+nnU-Net runs in a virtual environment of its own (``make nnunet-env``, or :func:`make_environment`),
+never in h2aseg's: its dependencies (torchvision through timm) break Lightning's import there.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -64,21 +66,49 @@ _SEEDED_ENTRY = (
 )
 
 
-def installed_version() -> str | None:
-    """The installed nnunetv2 version, or ``None`` when it is not installed."""
-    try:
-        return metadata.version("nnunetv2")
-    except metadata.PackageNotFoundError:
+def environment_python(env_dir: Path) -> Path:
+    """The interpreter of the nnU-Net environment ``env_dir`` (a virtual environment)."""
+    return Path(env_dir) / "bin" / "python"
+
+
+def installed_version(env_dir: Path) -> str | None:
+    """The nnunetv2 version installed in ``env_dir``, or ``None`` when there is none."""
+    python = environment_python(env_dir)
+    if not python.is_file():
         return None
+    probe = "import importlib.metadata as m; print(m.version('nnunetv2'))"
+    result = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=False)
+    return result.stdout.strip() if result.returncode == 0 else None
 
 
-def require_nnunet() -> str:
-    """Return the installed nnunetv2 version; refuse with the install command when it is missing."""
-    version = installed_version()
+def make_environment(env_dir: Path, torch_requirement: str = "torch==2.13.0") -> str:
+    """Create the nnU-Net environment (a virtual environment of its own) unless it exists; its version.
+
+    nnU-Net stays out of h2aseg's environment: it pulls in torchvision (through timm), whose wheel
+    does not match the pinned CPU torch and breaks Lightning's import there. ``torch_requirement``
+    is installed first, so on a GPU machine pass the CUDA build's requirement.
+    """
+    version = installed_version(env_dir)
+    if version is not None:
+        return version
+    logger.info("creating the nnU-Net environment in %s (nnunetv2==%s)", env_dir, NNUNET_VERSION)
+    subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True)
+    pip = [str(environment_python(env_dir)), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, torch_requirement], check=True)
+    subprocess.run([*pip, f"nnunetv2=={NNUNET_VERSION}", torch_requirement], check=True)
+    version = installed_version(env_dir)
+    if version is None:
+        raise RuntimeError(f"{env_dir}: nnunetv2 could not be installed")
+    return version
+
+
+def require_nnunet(env_dir: Path) -> str:
+    """The nnunetv2 version of ``env_dir``; refuse with the command that makes it when it is missing."""
+    version = installed_version(env_dir)
     if version is None:
         raise RuntimeError(
-            "nnU-Net v2 is not installed: run `pip install -e '.[nnunet]'` "
-            f"(the benchmark pins nnunetv2=={NNUNET_VERSION})"
+            f"{env_dir}: no nnU-Net environment; make it with `make nnunet-env` "
+            f"(a virtual environment with nnunetv2=={NNUNET_VERSION})"
         )
     if version != NNUNET_VERSION:
         logger.warning("nnunetv2 %s installed; the benchmark was written for %s", version, NNUNET_VERSION)
@@ -180,13 +210,12 @@ def _run(command: list[str], env: dict[str, str], log_path: Path) -> None:
         raise RuntimeError(f"{command[0]} failed with exit code {result.returncode}: see {log_path}")
 
 
-def _nnunet_command(name: str) -> str:
-    """Path of an nnU-Net console script next to this interpreter (falls back to ``PATH``)."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
+def _nnunet_command(env_dir: Path, name: str) -> str:
+    """Path of an nnU-Net console script of the environment ``env_dir``."""
+    return str(Path(env_dir) / "bin" / name)
 
 
-def plan_and_preprocess(work_dir: Path, processes: int = 1) -> Path:
+def plan_and_preprocess(work_dir: Path, env_dir: Path, processes: int = 1) -> Path:
     """``nnUNetv2_plan_and_preprocess`` for 3d_fullres (skipped when its plans exist); the plans file."""
     env = nnunet_environment(work_dir, work_dir / "nnUNet_results")
     plans = work_dir / "nnUNet_preprocessed" / DATASET_NAME / "nnUNetPlans.json"
@@ -194,7 +223,7 @@ def plan_and_preprocess(work_dir: Path, processes: int = 1) -> Path:
     if plans.is_file() and data.is_dir():
         return plans
     command = [
-        _nnunet_command("nnUNetv2_plan_and_preprocess"),
+        _nnunet_command(env_dir, "nnUNetv2_plan_and_preprocess"),
         "-d", str(DATASET_ID), "-c", CONFIGURATION, "-np", str(processes), "--verify_dataset_integrity",
     ]  # fmt: skip
     _run(command, env, work_dir / "logs" / "plan_and_preprocess.log")
@@ -218,7 +247,7 @@ def planned_network(plans_path: Path) -> dict[str, object]:
 
 
 def train_and_predict(
-    work_dir: Path, seed: int, trainer: str, prediction_dir: Path, device: str = "cpu"
+    work_dir: Path, env_dir: Path, seed: int, trainer: str, prediction_dir: Path, device: str = "cpu"
 ) -> dict[str, float]:
     """Train fold 0 with ``trainer`` and ``seed``, then predict ``imagesTs`` into ``prediction_dir``.
 
@@ -234,7 +263,8 @@ def train_and_predict(
     timings: dict[str, float] = {}
     if not (model_dir / "fold_0" / "checkpoint_final.pth").is_file():
         resume = ["--c"] if (model_dir / "fold_0" / "checkpoint_latest.pth").is_file() else []
-        command = [sys.executable, "-c", _SEEDED_ENTRY, str(seed), str(DATASET_ID), CONFIGURATION, "0",
+        python = str(environment_python(env_dir))
+        command = [python, "-c", _SEEDED_ENTRY, str(seed), str(DATASET_ID), CONFIGURATION, "0",
                    "-tr", trainer, "-device", device, *resume]  # fmt: skip
         started = time.perf_counter()
         _run(command, env, work_dir / "logs" / f"train_seed{seed}.log")
@@ -243,7 +273,7 @@ def train_and_predict(
     expected = {path.name.removesuffix("_0000.nii.gz") for path in images.glob("*_0000.nii.gz")}
     done = {path.name.removesuffix(".nii.gz") for path in prediction_dir.glob("*.nii.gz")}
     if not expected <= done:
-        command = [_nnunet_command("nnUNetv2_predict"), "-i", str(images), "-o", str(prediction_dir),
+        command = [_nnunet_command(env_dir, "nnUNetv2_predict"), "-i", str(images), "-o", str(prediction_dir),
                    "-d", str(DATASET_ID), "-c", CONFIGURATION, "-f", "0", "-tr", trainer,
                    "-device", device, "-npp", "1", "-nps", "1", "--disable_progress_bar"]  # fmt: skip
         started = time.perf_counter()
@@ -259,6 +289,7 @@ def run_nnunet_row(
     truth_dir: Path,
     seeds: Sequence[int],
     steps: int,
+    env_dir: Path,
     device: str = "cpu",
     trainer: str | None = None,
 ) -> list[dict]:
@@ -271,6 +302,7 @@ def run_nnunet_row(
         truth_dir: the test cases' ground-truth masks (as for every other row).
         seeds: training seeds.
         steps: the other rows' optimizer-step budget (the closest shipped trainer is used).
+        env_dir: the nnU-Net environment (:func:`make_environment`).
         device: ``cpu`` or ``cuda``.
         trainer: an nnU-Net trainer name instead (e.g. ``nnUNetTrainer``, the 1000-epoch default).
 
@@ -280,12 +312,12 @@ def run_nnunet_row(
     """
     from h2aseg.evaluation.evaluate import evaluate_folder
 
-    version = require_nnunet()
+    version = require_nnunet(env_dir)
     root = Path(work_dir) / "nnunet"
     train_ids = list(split.train) + list(split.val)
     export_raw_dataset(cases, train_ids, list(split.test), root / "nnUNet_raw")
     started = time.perf_counter()
-    plans = plan_and_preprocess(root)
+    plans = plan_and_preprocess(root, env_dir)
     write_fold_split(split.train, split.val, root / "nnUNet_preprocessed")
     plan_seconds = time.perf_counter() - started
     name, trainer_steps = (trainer, None) if trainer else trainer_for_steps(steps)
@@ -296,7 +328,7 @@ def run_nnunet_row(
         if finished.is_file():
             summaries.append(json.loads(finished.read_text()))
             continue
-        timings = train_and_predict(root, seed, name, run_dir / "predictions", device=device)
+        timings = train_and_predict(root, env_dir, seed, name, run_dir / "predictions", device=device)
         summary = dict(evaluate_folder(run_dir / "predictions", truth_dir, run_dir / "evaluation"))
         summary["nnunet"] = {
             "version": version,
