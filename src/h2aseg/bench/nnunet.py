@@ -40,6 +40,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from h2aseg.io import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 NNUNET_VERSION = "2.6.4"
@@ -193,11 +195,9 @@ def export_raw_dataset(
 def write_fold_split(train_ids: Sequence[str], val_ids: Sequence[str], preprocessed_root: Path) -> Path:
     """Write ``splits_final.json`` with the benchmark's split as fold 0 and return its path."""
     path = Path(preprocessed_root) / DATASET_NAME / "splits_final.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps([{"train": sorted(train_ids), "val": sorted(val_ids)}], indent=2))
-    os.replace(temporary, path)
-    return path
+    return write_text_atomic(
+        path, json.dumps([{"train": sorted(train_ids), "val": sorted(val_ids)}], indent=2)
+    )
 
 
 def _run(command: list[str], env: dict[str, str], log_path: Path) -> None:
@@ -341,8 +341,6 @@ def run_nnunet_row(
             **timings,
             **planned_network(plans),
         }
-        temporary = finished.with_name(f".{finished.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(temporary, finished)
+        write_text_atomic(finished, json.dumps(summary, indent=2) + "\n")
         summaries.append(summary)
     return summaries
