@@ -13,7 +13,6 @@ import csv
 import html
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,7 +54,8 @@ def write_report(
     config: Mapping[str, Any],
     models: Sequence[str | Path],
 ) -> Path:
-    """Write ``report.html`` (atomically) for the cases of one prediction run.
+    """Write ``report.html`` (atomically; not at all when it already holds this page) for the cases
+    of one prediction run.
 
     Args:
         out_html: the page to write.
@@ -65,14 +65,13 @@ def write_report(
     """
     classes = {int(label): str(name) for label, name in (config.get("classes") or {1: "lesion"}).items()}
     model_list = "".join(f"<li><code>{html.escape(str(path))}</code></li>" for path in models)
-    created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>h2aseg report ({len(cases)} case{'s' if len(cases) != 1 else ''})</title>",
         f"<style>{STYLE}</style></head><body>",
         "<h1>h2aseg lesion report</h1>",
-        f"<p>{len(cases)} case(s), written {created} by h2aseg {__version__}. SUV is body-weight SUV "
+        f"<p>{len(cases)} case(s), h2aseg {__version__}. SUV is body-weight SUV "
         "(g/mL); lesions are 18-connected components of the mask, numbered as in the CSV files. "
         "Research use only: not a medical device.</p>",
         *(_case_section(case, classes) for case in cases),
@@ -82,7 +81,11 @@ def write_report(
         f"<pre>{html.escape(json.dumps(config, indent=2, default=str))}</pre></section>",
         "</body></html>",
     ]
-    return write_text_atomic(out_html, "\n".join(parts) + "\n")
+    text = "\n".join(parts) + "\n"
+    out_html = Path(out_html)
+    if out_html.is_file() and out_html.read_text(encoding="utf-8") == text:
+        return out_html  # a rerun that changed nothing leaves the page (and its time stamp) alone
+    return write_text_atomic(out_html, text)
 
 
 def _case_section(case: CaseFiles, classes: Mapping[int, str]) -> str:
