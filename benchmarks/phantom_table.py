@@ -1,9 +1,10 @@
 """The paper's Table 1 and Table 2 on the synthetic cohort.
 
-``python benchmarks/phantom_table.py [--quick] [--epochs 20] [--seeds 0 1 2] [--models ...]``
+``python benchmarks/phantom_table.py [--quick] [--epochs 50] [--seeds 0 1 2] [--models ...]``
 writes ``benchmarks/results/quality.{json,md}`` (see :mod:`h2aseg.bench.quality`). The full run
-trains every model for the same epochs on each seed: about two hours on a 2-core CPU. An interrupted
-run continues where it stopped when started again with the same ``--work-dir``.
+trains every row for the same steps on each seed: many hours on a 2-core CPU. It is resumable: run
+the same command again (same ``--work-dir``) and it continues where it stopped, keeping every
+finished run; the tables are rewritten after each one.
 """
 
 from __future__ import annotations
