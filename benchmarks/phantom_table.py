@@ -28,6 +28,12 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-time safety limit per run")
     parser.add_argument("--cases", type=int, default=None, help="size of the synthetic cohort")
     parser.add_argument(
+        "--override",
+        nargs="*",
+        default=[],
+        help="config overrides for every row, e.g. trainer.accelerator=gpu (part of the runs' cache key)",
+    )
+    parser.add_argument(
         "--tables-only", action="store_true", help="train nothing: tabulate the runs already evaluated"
     )
     args = parser.parse_args()
@@ -39,6 +45,7 @@ def main() -> None:
     plan.epochs = args.epochs or plan.epochs
     plan.max_minutes = args.max_minutes or plan.max_minutes
     plan.n_cases = args.cases or plan.n_cases
+    plan.extra_overrides = list(args.override)
     run_quality_benchmark(
         args.out, quick=args.quick, plan=plan, work_dir=args.work_dir, tables_only=args.tables_only
     )
