@@ -87,6 +87,7 @@ def test_every_row_gets_the_same_recipe() -> None:
         recipes[name] = {key: value for key, value in config.items() if key != "model"}
     reference = recipes["h2aseg"]
     assert reference["trainer"]["max_epochs"] == plan.epochs and reference["seed"] == 1
+    assert reference["optim"]["lr"] == plan.learning_rate
     for name, recipe in recipes.items():
         assert recipe == reference, name
         shared = [item for item in settings[name] if not item.startswith("model.")]
