@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from h2aseg.data.anatomy import LESION_INDEX_BASE, TISSUE_INDEX
-from h2aseg.data.phantom import make_phantom_case
-from h2aseg.data.phantom_lesions import MIMIC_INDEX_BASE
-from h2aseg.data.phantom_sampling import PRESETS, sample_case_parameters
+from h2aseg.phantom.anatomy import LESION_INDEX_BASE, TISSUE_INDEX
+from h2aseg.phantom.cohort import make_phantom_case
+from h2aseg.phantom.lesions import MIMIC_INDEX_BASE
+from h2aseg.phantom.sampling import PRESETS, sample_case_parameters
 
 WITH_MIMICS = dataclasses.replace(PRESETS["small"], mimics_per_case=1.5)
 # Background tissue of each lesion category (the tissue whose SUV the excess is added to).

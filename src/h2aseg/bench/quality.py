@@ -119,7 +119,7 @@ def threshold_predictions(cases: list, out_dir: Path, threshold_suv: float = 2.5
 def _model_overrides(name: str, config_path: Path) -> list[str]:
     """Overrides that give every H2ASeg row the phantom config's model arguments, the baselines the
     widths of :data:`REDUCED_BASELINES`, and the size-bound baselines the training patch."""
-    from h2aseg.training.config import load_yaml
+    from h2aseg.config import load_yaml
 
     config = load_yaml(config_path)
     patch = config.get("preprocess", {}).get("patch_size", [64, 64, 32])
@@ -177,13 +177,13 @@ def _truth_folder(cases: list, out_dir: Path) -> Path:
 
 
 def _per_case_dice(evaluation_dir: Path) -> dict[str, float]:
-    """Dice of each case with a lesion, from ``per_case.csv`` (the pairing unit of the statistics)."""
+    """Dice of each case with a lesion, from ``per_case.csv`` (its one class, ``lesion_dice`` and
+    ``lesion_truth_voxels``): the pairing unit of the statistics."""
     with (evaluation_dir / "per_case.csv").open(encoding="utf-8") as stream:
-        return {
-            row["case_id"]: float(row["dice"])
-            for row in csv.DictReader(stream)
-            if int(row["truth_voxels"]) > 0
-        }
+        reader = csv.DictReader(stream)
+        dice_column = next(name for name in reader.fieldnames or [] if name.endswith("_dice"))
+        truth_column = dice_column.removesuffix("dice") + "truth_voxels"
+        return {row["case_id"]: float(row[dice_column]) for row in reader if int(row[truth_column]) > 0}
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -196,9 +196,9 @@ def prepare_cohort(plan: QualityPlan, work_dir: Path) -> tuple[Path, Path, list,
     """Write (once) the cohort and its split; returns the data folder, the split file, the test cases
     and the cohort's key. Raises ``ValueError`` when the test part has too few cases with a lesion."""
     from h2aseg.data.layouts import read_dataset
-    from h2aseg.data.phantom import write_cohort
-    from h2aseg.data.phantom_sampling import PRESETS
     from h2aseg.data.splits import make_split
+    from h2aseg.phantom.cohort import write_cohort
+    from h2aseg.phantom.sampling import PRESETS
 
     cohort = {"n": plan.n_cases, "seed": plan.cohort_seed, "mimics": plan.mimics_per_case}
     cohort_key = _key(cohort, list(plan.split_ratios))
@@ -230,16 +230,17 @@ def _train_and_score(overrides: list[str], run_dir: Path, test_cases: list, trut
     evaluate; returns the run record written to ``run_dir/result.json``."""
     import torch
 
+    from h2aseg.config import resolve_config
     from h2aseg.evaluation.evaluate import evaluate_folder
+    from h2aseg.inference.checkpoint import build_network
     from h2aseg.inference.predictor import Predictor
-    from h2aseg.training.config import resolve_config
-    from h2aseg.training.module import build_network
     from h2aseg.training.train import CHECKPOINT_DIR, LAST_NAME, train
 
     config = resolve_config(_config_path(), overrides)
     last = run_dir / CHECKPOINT_DIR / f"{LAST_NAME}.ckpt"
     started = time.perf_counter()
-    best = train(_config_path(), overrides, resume=last.is_file())
+    # Resume a run cut mid-training; redo one that never saved a checkpoint.
+    best = train(_config_path(), overrides, resume=last.is_file(), overwrite=not last.is_file())
     trained = time.perf_counter()
     steps = int(torch.load(last, map_location="cpu", weights_only=True)["global_step"])
     predictor = Predictor.from_checkpoint(best, device="auto")
@@ -267,7 +268,7 @@ def _tables(plan: QualityPlan) -> tuple[list[str], list[str]]:
 
 
 def _config_path() -> Path:
-    from h2aseg.demo import phantom_config_path
+    from h2aseg.pipeline.demo import phantom_config_path
 
     return phantom_config_path()
 

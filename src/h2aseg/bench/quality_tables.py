@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import sys
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from h2aseg.bench.harness import machine
 from h2aseg.evaluation.stats import mean_over_seeds, paired_comparison
 
 THRESHOLD_ROW = "SUV ≥ 2.5 threshold"
@@ -89,7 +89,7 @@ def write_tables(
     n_lesion = len(records[THRESHOLD_ROW][0]["per_case_dice"]) if THRESHOLD_ROW in records else 0
     meta = {
         "date": date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine(),
         "command": " ".join(sys.argv),
         **context,
     }

@@ -47,11 +47,11 @@ def run_demo(
     """
     import torch
 
-    from h2aseg.data.phantom import write_cohort
+    from h2aseg.config import resolve_config
     from h2aseg.data.splits import make_split
     from h2aseg.evaluation.evaluate import evaluate_folder, format_summary_table
     from h2aseg.inference.predictor import Predictor
-    from h2aseg.training.config import resolve_config
+    from h2aseg.phantom.cohort import write_cohort
     from h2aseg.training.train import CHECKPOINT_DIR, LAST_NAME, train
 
     out_dir = Path(out_dir)
@@ -79,7 +79,7 @@ def run_demo(
         overrides.append(f"trainer.max_time_minutes={max_minutes}")
     overrides += list(extra_overrides or [])
     logger.info("training H2ASeg with %s", phantom_config_path())
-    best = train(phantom_config_path(), overrides)
+    best = train(phantom_config_path(), overrides, overwrite=True)  # the demo redoes its own run
     trained = time.perf_counter()
 
     predictor = Predictor.from_checkpoint(best, device="auto")
@@ -99,6 +99,8 @@ def run_demo(
     if limit is not None:
         per_epoch = min(per_epoch, limit) if isinstance(limit, int) else int(per_epoch * limit)
     planned = config["trainer"]["max_epochs"] * per_epoch
+    if config["trainer"]["max_steps"] is not None:
+        planned = min(planned, config["trainer"]["max_steps"])
     last = out_dir / CHECKPOINT_DIR / f"{LAST_NAME}.ckpt"
     steps = int(torch.load(last, map_location="cpu", weights_only=True)["global_step"])
     console = Console()

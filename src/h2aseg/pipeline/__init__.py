@@ -1,0 +1,2 @@
+"""End-to-end pipelines above inference and training: ``predict`` (the library side of
+``h2aseg predict``) and ``demo``."""
