@@ -15,11 +15,11 @@ the cases and the split of the other rows, and scores its predictions with h2ase
 2. ``nnUNetv2_plan_and_preprocess -c 3d_fullres``, then :func:`write_fold_split` puts the
    benchmark's own train/validation split into ``splits_final.json`` as fold 0, so nnU-Net trains
    and validates on the same cases as the other rows and never sees the test cases.
-3. ``nnUNetv2_train`` with the shipped ``nnUNetTrainer_Xepochs`` variant whose optimizer-step count
-   (epochs x nnU-Net's 250 iterations per epoch) is closest to the other rows' budget
-   (:func:`trainer_for_steps`), seeded (nnU-Net has no seed option: the launcher seeds Python,
-   NumPy and torch, then calls nnU-Net's own entry point; data augmentation runs in the main
-   process, ``nnUNet_n_proc_DA=0``, so the seed decides it).
+3. ``nnUNetv2_train`` with a trainer variant that trains for exactly the other rows' optimizer steps
+   (:func:`install_budget_trainer`: nnU-Net's default trainer with fewer epochs and iterations per
+   epoch, the way its own ``nnUNetTrainer_Xepochs`` variants shorten training), seeded (nnU-Net has
+   no seed option: the launcher seeds Python, NumPy and torch, then calls nnU-Net's own entry
+   point; data augmentation runs in the main process, ``nnUNet_n_proc_DA=0``, so the seed decides it).
 4. ``nnUNetv2_predict`` (nnU-Net's defaults: Gaussian sliding window, mirror TTA) on ``imagesTs``.
 
 Everything is cached per seed (a finished step is not redone), so the row can be completed over
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -52,8 +53,6 @@ DATASET_NAME = f"Dataset{DATASET_ID:03d}_H2ASegPhantom"
 CONFIGURATION = "3d_fullres"
 ITERATIONS_PER_EPOCH = 250
 """nnU-Net's ``num_iterations_per_epoch``: optimizer steps in one of its epochs."""
-SHIPPED_EPOCH_VARIANTS = (1, 5, 10, 20, 50, 100, 250, 300, 500, 750, 2000, 4000, 8000)
-"""Epoch counts of the ``nnUNetTrainer_Xepochs`` trainers that nnU-Net ships (``1`` -> ``_1epoch``)."""
 DEFAULT_TRAINER = "nnUNetTrainer"
 """nnU-Net's default trainer: 1000 epochs x 250 iterations (the GPU reference budget)."""
 
@@ -117,18 +116,56 @@ def require_nnunet(env_dir: Path) -> str:
     return version
 
 
-def trainer_for_steps(steps: int) -> tuple[str, int]:
-    """The shipped trainer whose optimizer-step count is closest to ``steps``, and that count.
+def budget_schedule(steps: int) -> tuple[int, int]:
+    """nnU-Net epochs and iterations per epoch giving exactly ``steps`` optimizer steps: the fewest
+    epochs whose iterations per epoch divide ``steps`` and do not exceed nnU-Net's 250.
 
     Example:
-        >>> trainer_for_steps(240)
-        ('nnUNetTrainer_1epoch', 250)
+        >>> budget_schedule(1000)
+        (4, 250)
+        >>> budget_schedule(900)
+        (4, 225)
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    epochs = min(SHIPPED_EPOCH_VARIANTS, key=lambda n: (abs(n * ITERATIONS_PER_EPOCH - steps), n))
-    name = "nnUNetTrainer_1epoch" if epochs == 1 else f"nnUNetTrainer_{epochs}epochs"
-    return name, epochs * ITERATIONS_PER_EPOCH
+    epochs = next(n for n in range(math.ceil(steps / ITERATIONS_PER_EPOCH), steps + 1) if steps % n == 0)
+    return epochs, steps // epochs
+
+
+def budget_trainer_name(steps: int) -> str:
+    """Name of the trainer variant that trains for exactly ``steps`` optimizer steps."""
+    return f"nnUNetTrainer_{steps}steps"
+
+
+def install_budget_trainer(env_dir: Path, steps: int) -> str:
+    """Add the trainer variant ``nnUNetTrainer_{steps}steps`` to the nnU-Net of ``env_dir``; its name.
+
+    nnU-Net finds trainers by class name inside its own package (``nnUNetv2_train -tr NAME``), and its
+    documented way to change the training length is a trainer subclass, as its shipped
+    ``nnUNetTrainer_Xepochs`` variants do (in multiples of 250 steps). This one sets the epochs and
+    iterations per epoch of :func:`budget_schedule`; everything else is nnU-Net's default trainer.
+    The file goes into the benchmark's own nnU-Net environment, never into h2aseg's.
+    """
+    epochs, iterations = budget_schedule(steps)
+    name = budget_trainer_name(steps)
+    probe = "import nnunetv2, os; print(os.path.dirname(nnunetv2.__file__))"
+    result = subprocess.run(
+        [str(environment_python(env_dir)), "-c", probe], capture_output=True, text=True, check=True
+    )
+    folder = Path(result.stdout.strip()) / "training" / "nnUNetTrainer" / "variants" / "h2aseg_budget"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / "__init__.py", "")
+    source = (
+        f'"""Written by h2aseg\'s quality benchmark: nnU-Net\'s default trainer for {steps} steps."""\n\n'
+        "from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer\n\n\n"
+        f"class {name}(nnUNetTrainer):\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        super().__init__(*args, **kwargs)\n"
+        f"        self.num_epochs = {epochs}\n"
+        f"        self.num_iterations_per_epoch = {iterations}\n"
+    )
+    write_text_atomic(folder / f"{name}.py", source)
+    return name
 
 
 def nnunet_environment(work_dir: Path, results_dir: Path, augmentation_processes: int = 1) -> dict[str, str]:
@@ -301,7 +338,7 @@ def run_nnunet_row(
         split: its :class:`h2aseg.data.splits.Split` (``train``, ``val``, ``test`` case ids).
         truth_dir: the test cases' ground-truth masks (as for every other row).
         seeds: training seeds.
-        steps: the other rows' optimizer-step budget (the closest shipped trainer is used).
+        steps: the other rows' optimizer-step budget (nnU-Net trains exactly as many).
         env_dir: the nnU-Net environment (:func:`make_environment`).
         device: ``cpu`` or ``cuda``.
         trainer: an nnU-Net trainer name instead (e.g. ``nnUNetTrainer``, the 1000-epoch default).
@@ -320,7 +357,8 @@ def run_nnunet_row(
     plans = plan_and_preprocess(root, env_dir)
     write_fold_split(split.train, split.val, root / "nnUNet_preprocessed")
     plan_seconds = time.perf_counter() - started
-    name, trainer_steps = (trainer, None) if trainer else trainer_for_steps(steps)
+    name = trainer or install_budget_trainer(env_dir, steps)
+    trainer_steps = None if trainer else steps
     summaries = []
     for seed in seeds:
         run_dir = root / f"{name}_seed{seed}"
