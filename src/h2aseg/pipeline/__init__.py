@@ -1,0 +1,1 @@
+"""End-to-end jobs built on the library: analysis of trained models."""
