@@ -31,7 +31,10 @@ def _tiny(name: str = "h2aseg") -> H2ASeg:
 
 
 def _set_signs(model: H2ASeg) -> H2ASeg:
-    """Constant TAMW weights ±tanh(1): zero last layer, bias +1 on the first k PET/CT channels, else −1."""
+    """Constant TAMW MLP outputs ±tanh(1): zero last layer, bias +1 on the first k PET/CT channels, else −1.
+
+    TAMW subtracts the background MLP's output, so the paper's ``W_back`` is positive on the others.
+    """
     with torch.no_grad():
         for depth, tamw in enumerate(model.tamw, 1):
             c = tamw.encoder_channels
@@ -47,7 +50,7 @@ def _set_signs(model: H2ASeg) -> H2ASeg:
 def _closed_form(depth: int) -> dict[str, float]:
     c = CHANNELS[depth - 1]
     (fore_pet, fore_ct), (back_pet, back_ct) = FORE_POSITIVE[depth], BACK_POSITIVE[depth]
-    counts = {"fore_pet": fore_pet, "fore_ct": fore_ct, "back_pet": back_pet, "back_ct": back_ct}
+    counts = {"fore_pet": fore_pet, "fore_ct": fore_ct, "back_pet": c - back_pet, "back_ct": c - back_ct}
     return {key: 100.0 * value / c for key, value in counts.items()}
 
 
@@ -90,13 +93,15 @@ def test_shares_of_hand_set_weights_equal_the_closed_form() -> None:
 
 
 def test_shares_count_every_window_and_channel() -> None:
-    # Two windows of C = 4 channels: PET (+, +, -, 0) and (+, -, -, -): 3 of 8 positive (0 is not).
+    # Two windows of C = 4 channels; PET (+, +, -, 0) and (+, -, -, -): 3 of 8 positive (0 is not).
+    # The background MLP gives the same numbers, which TAMW subtracts: W_back = -fore.
     fore = torch.tensor(
         [[0.5, -0.1, -0.2, -0.3, 0.9, 0.2, -0.4, 0.0], [0.1, 0.2, 0.3, -0.1, 0.3, -0.5, -0.6, -0.7]]
     )
-    record = DepthRecord(encoder_channels=4, fore=[fore[:1], fore[1:]], back=[-fore[:1], -fore[1:]])
+    record = DepthRecord(encoder_channels=4, fore=[fore[:1], fore[1:]], back=[fore[:1], fore[1:]])
     shares = emphasis_shares({1: record})[1]
     assert shares == {"fore_pet": 37.5, "fore_ct": 50.0, "back_pet": 50.0, "back_ct": 50.0}
+    assert record.weights("back", "pet")[0].tolist() == pytest.approx([-0.9, -0.2, 0.4, 0.0])
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,12 @@ Depth ``d`` (1–4, as in the paper's Table 3) is the TAMW module that weights t
 features of level ``d``: depth 1 is the finest (full resolution), depth 4 the coarsest. The
 weights of one forward are ``(B, 2C + F)``, in the order of :class:`~h2aseg.models.tamw.TAMW`'s
 concatenation: ``C`` CT channels, ``C`` PET channels, then ``F`` decoder channels.
+
+Sign convention: the paper (Eq. 4) adds ``W_back ⊙ F_back``, the official code (and
+:class:`~h2aseg.models.tamw.TAMW`) subtracts its background MLP's output. The records keep the
+MLP outputs as computed; :meth:`DepthRecord.weights` returns the paper's ``W``: the foreground
+output, and the negated background output, so that a positive weight always adds to the
+masked feature (emphasis) and a negative one takes from it.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from h2aseg.models.h2aseg import H2ASeg
 Modality = Literal["ct", "pet"]
 Side = Literal["fore", "back"]
 SIDES: tuple[Side, Side] = ("fore", "back")
+Hook = Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]
 
 
 def find_tamw_network(model: nn.Module) -> H2ASeg:
@@ -43,7 +50,8 @@ class DepthRecord:
 
     Attributes:
         encoder_channels: ``C``, channels of one modality at this depth.
-        fore, back: one ``(B, 2C + F)`` float32 CPU tensor per forward, in call order.
+        fore, back: the foreground and background MLP outputs (``(-1, 1)``, TAMW subtracts the
+            background one), one ``(B, 2C + F)`` float32 CPU tensor per forward, in call order.
         features: when features are kept, one ``(B, 2C, X, Y, Z)`` CPU tensor of the CT and
             PET encoder features (CT first) that this TAMW weighted, per forward.
     """
@@ -54,8 +62,12 @@ class DepthRecord:
     features: list[Tensor] = field(default_factory=list)
 
     def weights(self, side: Side, modality: Modality) -> Tensor:
-        """``(windows, C)`` weights of ``modality``'s channels for ``side``, every forward stacked."""
-        stacked = torch.cat(self.fore if side == "fore" else self.back, dim=0)
+        """The paper's ``W_side`` of ``modality``'s channels, ``(windows, C)``, every forward stacked.
+
+        ``W_fore`` is the foreground MLP's output, ``W_back`` the negated background MLP's output
+        (the sign with which it enters TAMW's sum): > 0 emphasises the masked feature.
+        """
+        stacked = torch.cat(self.fore, dim=0) if side == "fore" else -torch.cat(self.back, dim=0)
         c = self.encoder_channels
         return stacked[:, :c] if modality == "ct" else stacked[:, c : 2 * c]
 
@@ -108,9 +120,6 @@ class TamwRecorder:
         self._handles.clear()
 
 
-Hook = Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]
-
-
 def _keep_output(store: list[Tensor]) -> Hook:
     def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         store.append(output.detach().float().cpu())
@@ -128,9 +137,9 @@ def _keep_first_input(store: list[Tensor]) -> Hook:
 def emphasis_shares(depths: Mapping[int, DepthRecord]) -> dict[int, dict[str, float]]:
     """Share (%) of CT and PET channels with a positive foreground / background weight.
 
-    "Emphasised" is the paper's reading of Eq. 3-4 (Sect. 2.2): a channel whose weight is
-    greater than 0. Every recorded forward (sliding window) counts equally: the share is over
-    all ``windows × C`` weights of the modality.
+    "Emphasised" is the paper's reading of Eq. 3-4 (Sect. 2.2): a channel whose weight ``W``
+    (:meth:`DepthRecord.weights`, the paper's sign) is greater than 0. Every recorded forward
+    (sliding window) counts equally: the share is over all ``windows × C`` weights of the modality.
 
     Returns:
         ``{depth: {"fore_pet", "fore_ct", "back_pet", "back_ct": percent}}``.

@@ -108,8 +108,9 @@ def analyze(
         "checkpoint": str(model_path),
         "model": type(network).__name__,
         "use_mcsa": network.use_mcsa,
-        "definition": "percentage of a modality's channels with a TAMW weight > 0 (emphasised), "
-        "over every sliding window of a case; mean and population std over cases",
+        "definition": "percentage of a modality's channels with a TAMW weight W > 0 (emphasised; "
+        "paper's sign: W_back is the negated background MLP output, which TAMW subtracts), over "
+        "every sliding window of a case; mean and population std over cases",
         "depths": summary,
         "cases": per_case,
     }
