@@ -143,7 +143,8 @@ def test_analyze_cli_writes_the_closed_form_table_and_the_pictures(
     assert all(case["windows"] >= 1 for case in table["cases"].values())
     markdown = (out / "tamw_table.md").read_text()
     fore_pet, fore_ct = _closed_form(3)["fore_pet"], _closed_form(3)["fore_ct"]
-    assert f"| 3 | {fore_pet:.2f} ± 0.00 | {fore_ct:.2f} ± 0.00 |" in markdown
+    assert f"| 3 | 8 | {fore_pet:.2f} ± 0.00 | {fore_ct:.2f} ± 0.00 |" in markdown
+    assert table["channels_per_modality"] == {"1": 2, "2": 4, "3": 8, "4": 16}
     with_lesions = [case.case_id for case in read_dataset(data) if nib.load(case.label).get_fdata().any()]
     pictures = sorted(p.name for p in out.glob("tamw_features_*.png"))
     assert (

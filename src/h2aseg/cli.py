@@ -204,7 +204,7 @@ def analyze(
     from h2aseg.pipeline.analyze import format_table
 
     table = _run(lambda: run_analysis(model, dataset, out, split_file=split, device=device, overlap=overlap))
-    Console().print(format_table(table["depths"], len(table["cases"])))
+    Console().print(format_table(table["depths"], table["channels_per_modality"], len(table["cases"])))
 
 
 @app.command()

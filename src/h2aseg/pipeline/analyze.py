@@ -104,10 +104,11 @@ def analyze(
         }
         for depth in range(1, n_depths + 1)
     }
+    channels = {str(depth): tamw.encoder_channels for depth, tamw in enumerate(network.tamw, 1)}
     table = {
         "checkpoint": str(model_path),
-        "model": type(network).__name__,
         "use_mcsa": network.use_mcsa,
+        "channels_per_modality": channels,
         "definition": "percentage of a modality's channels with a TAMW weight W > 0 (emphasised; "
         "paper's sign: W_back is the negated background MLP output, which TAMW subtracts), over "
         "every sliding window of a case; mean and population std over cases",
@@ -117,7 +118,7 @@ def analyze(
     with atomic_output(out_dir / "tamw_table.json") as staged:
         staged.write_text(json.dumps(table, indent=2) + "\n")
     with atomic_output(out_dir / "tamw_table.md") as staged:
-        staged.write_text(format_table(summary, len(per_case)))
+        staged.write_text(format_table(summary, channels, len(per_case)))
     return table
 
 
@@ -136,17 +137,25 @@ def _mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "std": float(np.std(values))}
 
 
-def format_table(summary: dict[str, dict[str, dict[str, float]]], n_cases: int) -> str:
-    """Markdown of the paper's Table 3: emphasised channels (%) per depth, mean ± std over cases."""
+def format_table(
+    summary: dict[str, dict[str, dict[str, float]]], channels: dict[str, int], n_cases: int
+) -> str:
+    """Markdown of the paper's Table 3: emphasised channels (%) per depth, mean ± std over cases.
+
+    Args:
+        summary: ``{depth: {column: {"mean", "std"}}}`` with the columns of :data:`COLUMNS`.
+        channels: ``{depth: C}``, channels per modality (a share is a multiple of 100 / C per window).
+        n_cases: number of cases averaged.
+    """
     lines = [
         f"TAMW: channels with a weight > 0 (%), mean ± std over {n_cases} case(s)",
         "",
-        "| Depth | Foreground PET | Foreground CT | Background PET | Background CT |",
-        "|---:|---:|---:|---:|---:|",
+        "| Depth | C | Foreground PET | Foreground CT | Background PET | Background CT |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for depth, row in summary.items():
         cells = " | ".join(f"{row[c]['mean']:.2f} ± {row[c]['std']:.2f}" for c in COLUMNS)
-        lines.append(f"| {depth} | {cells} |")
+        lines.append(f"| {depth} | {channels[depth]} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
