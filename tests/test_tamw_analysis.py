@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from h2aseg.cli import app
 from h2aseg.data.layouts import read_dataset
-from h2aseg.data.phantom import write_cohort
 from h2aseg.inference.tamw_record import DepthRecord, TamwRecorder, emphasis_shares
 from h2aseg.models import build_model
 from h2aseg.models.h2aseg import H2ASeg
+from h2aseg.phantom.cohort import write_cohort
 from h2aseg.pipeline.analyze import COLUMNS, analyze
 
 CHANNELS = (2, 4, 8, 16, 32)

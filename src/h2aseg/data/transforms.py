@@ -76,7 +76,6 @@ class PreprocessConfig:
         intensity_prob: probability of each intensity augmentation (scale, then shift).
         intensity_scale: the scaled image is multiplied by ``1 + U(-s, s)``.
         intensity_shift: ``U(-o, o)`` is added to the scaled image.
-        cache_dir: folder of the on-disk cache of preprocessed cases, ``None`` for no cache.
     """
 
     ct_window_hu: tuple[float, float] = (-1000.0, 1000.0)
@@ -100,7 +99,6 @@ class PreprocessConfig:
     intensity_prob: float = 0.2
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
-    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("ct_window_hu", "pet_clip_suv", "zoom_range"):
@@ -133,8 +131,6 @@ class PreprocessConfig:
         if unknown:
             raise ValueError(f"unknown preprocess option(s) {unknown}; known: {sorted(known)}")
         converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        if converted.get("cache_dir") is not None:
-            converted["cache_dir"] = str(converted["cache_dir"])
         return cls(**converted)
 
     def to_dict(self) -> dict[str, Any]:

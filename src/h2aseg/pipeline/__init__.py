@@ -1,1 +1,2 @@
-"""End-to-end jobs built on the library: analysis of trained models."""
+"""End-to-end pipelines above inference and training: ``predict`` (the library side of
+``h2aseg predict``), ``demo`` and ``analyze`` (what TAMW selects in a trained model)."""

@@ -27,9 +27,10 @@ from matplotlib.figure import Figure
 from h2aseg.data.layouts import Case, read_dataset
 from h2aseg.data.splits import Split
 from h2aseg.data.transforms import PreprocessConfig, preprocess_transforms
-from h2aseg.inference.predictor import Predictor, check_output_dir
-from h2aseg.inference.quantify import LESION_CONNECTIVITY, atomic_output
+from h2aseg.inference.export import check_output_dir
+from h2aseg.inference.predictor import Predictor
 from h2aseg.inference.tamw_record import TamwRecorder, emphasis_shares, find_tamw_network
+from h2aseg.io import LESION_CONNECTIVITY, atomic_output
 
 logger = logging.getLogger(__name__)
 
