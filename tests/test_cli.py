@@ -13,7 +13,17 @@ from h2aseg.cli import app
 
 runner = CliRunner()
 
-COMMANDS = ["demo", "phantom", "convert-dicom", "check-data", "train", "predict", "evaluate", "bench"]
+COMMANDS = [
+    "demo",
+    "phantom",
+    "convert-dicom",
+    "check-data",
+    "train",
+    "predict",
+    "evaluate",
+    "analyze",
+    "bench",
+]
 
 
 def _error_line(result) -> str:

@@ -290,6 +290,23 @@ def evaluate(
 
 
 @app.command()
+def analyze(
+    model: Annotated[Path, typer.Option(help="Checkpoint of an H2ASeg with TAMW.")],
+    dataset: Annotated[Path, typer.Option(help="A dataset folder in any known layout.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    split: Annotated[Path | None, typer.Option(help="split.json: analyse only its test cases.")] = None,
+    overlap: Annotated[float | None, typer.Option(help="Sliding-window overlap (0-1).")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+) -> None:
+    """What TAMW selects (paper's Table 3 and Fig. 4): tamw_table.md/.json, tamw_features_<case>.png."""
+    from h2aseg.pipeline.analyze import analyze as run_analysis
+    from h2aseg.pipeline.analyze import format_table
+
+    table = _run(lambda: run_analysis(model, dataset, out, split_file=split, device=device, overlap=overlap))
+    Console().print(format_table(table["depths"], table["channels_per_modality"], len(table["cases"])))
+
+
+@app.command()
 def bench(
     speed: Annotated[bool, typer.Option(help="Speed, memory and scaling of every model.")] = False,
     quality: Annotated[bool, typer.Option(help="Paper's Table 1/2 on the synthetic cohort.")] = False,
