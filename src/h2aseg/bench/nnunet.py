@@ -38,7 +38,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from h2aseg.io import write_text_atomic
@@ -47,7 +47,6 @@ logger = logging.getLogger(__name__)
 
 NNUNET_VERSION = "2.6.4"
 """The nnunetv2 release the benchmark was written and run against (the ``nnunet`` extra pins it)."""
-NNUNET_ROW = "nnU-Net v2 (3d_fullres)"
 DATASET_ID = 901
 DATASET_NAME = f"Dataset{DATASET_ID:03d}_H2ASegPhantom"
 CONFIGURATION = "3d_fullres"
@@ -319,66 +318,97 @@ def train_and_predict(
     return timings
 
 
+_COUNT_PARAMETERS = (
+    "import sys, torch\n"
+    # nnU-Net's own checkpoint, read in nnU-Net's environment the way nnU-Net reads it (its training
+    # log holds NumPy scalars, which weights_only=True refuses); only the tensor count leaves it.
+    "checkpoint = torch.load(sys.argv[1], map_location='cpu', weights_only=False)\n"
+    "print(sum(t.numel() for t in checkpoint['network_weights'].values()))\n"
+)
+
+
+def count_parameters(env_dir: Path, checkpoint: Path) -> int:
+    """Parameters of the network in an nnU-Net checkpoint, counted in nnU-Net's environment."""
+    result = subprocess.run(
+        [str(environment_python(env_dir)), "-c", _COUNT_PARAMETERS, str(checkpoint)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return int(result.stdout.strip().splitlines()[-1])
+
+
 def run_nnunet_row(
     work_dir: Path,
     cases: Sequence,
-    split: object,
+    split: dict[str, list[str]],
     truth_dir: Path,
     seeds: Sequence[int],
     steps: int,
     env_dir: Path,
     device: str = "cpu",
     trainer: str | None = None,
+    on_record: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """The nnU-Net row of the quality table: one evaluated summary per seed.
+    """The nnU-Net row of the quality table: one run record per seed, in the quality benchmark's format.
 
     Args:
         work_dir: the quality benchmark's work folder (nnU-Net's folders go to ``work_dir/nnunet``).
         cases: the benchmark cohort.
-        split: its :class:`h2aseg.data.splits.Split` (``train``, ``val``, ``test`` case ids).
+        split: its split (``{"train", "val", "test"}`` case ids).
         truth_dir: the test cases' ground-truth masks (as for every other row).
         seeds: training seeds.
         steps: the other rows' optimizer-step budget (nnU-Net trains exactly as many).
         env_dir: the nnU-Net environment (:func:`make_environment`).
         device: ``cpu`` or ``cuda``.
-        trainer: an nnU-Net trainer name instead (e.g. ``nnUNetTrainer``, the 1000-epoch default).
+        trainer: an nnU-Net trainer name instead (e.g. ``nnUNetTrainer``, its 1000-epoch default).
+        on_record: called with each newly finished record (the benchmark rewrites its tables there).
 
     Returns:
-        Per seed, the summary of :func:`h2aseg.evaluation.evaluate.evaluate_folder` plus an
-        ``"nnunet"`` block: trainer, steps, planned network, version, wall times.
+        Per seed, a record as the other rows' (``summary`` of ``evaluate_folder``, ``per_case_dice``,
+        ``parameters``, ``steps``, ``planned_steps``, ``train_s``, ``wall_s``) plus an ``nnunet``
+        block (version, trainer, planned patch and network, stage times).
     """
+    from h2aseg.bench.quality import per_case_dice
     from h2aseg.evaluation.evaluate import evaluate_folder
 
     version = require_nnunet(env_dir)
     root = Path(work_dir) / "nnunet"
-    train_ids = list(split.train) + list(split.val)
-    export_raw_dataset(cases, train_ids, list(split.test), root / "nnUNet_raw")
+    train_ids = [*split["train"], *split["val"]]
+    export_raw_dataset(cases, train_ids, list(split["test"]), root / "nnUNet_raw")
     started = time.perf_counter()
     plans = plan_and_preprocess(root, env_dir)
-    write_fold_split(split.train, split.val, root / "nnUNet_preprocessed")
+    write_fold_split(split["train"], split["val"], root / "nnUNet_preprocessed")
     plan_seconds = time.perf_counter() - started
     name = trainer or install_budget_trainer(env_dir, steps)
-    trainer_steps = None if trainer else steps
-    summaries = []
+    epochs, iterations = budget_schedule(steps) if trainer is None else (None, None)
+    records = []
     for seed in seeds:
         run_dir = root / f"{name}_seed{seed}"
-        finished = run_dir / "row.json"
+        finished = run_dir / "result.json"
         if finished.is_file():
-            summaries.append(json.loads(finished.read_text()))
+            records.append(json.loads(finished.read_text()))
             continue
+        started = time.perf_counter()
         timings = train_and_predict(root, env_dir, seed, name, run_dir / "predictions", device=device)
-        summary = dict(evaluate_folder(run_dir / "predictions", truth_dir, run_dir / "evaluation"))
-        summary["nnunet"] = {
-            "version": version,
-            "trainer": name,
-            "steps": trainer_steps,
-            "requested_steps": steps,
-            "seed": seed,
-            "device": device,
-            "plan_and_preprocess_s": plan_seconds,
-            **timings,
-            **planned_network(plans),
-        }
-        write_text_atomic(finished, json.dumps(summary, indent=2) + "\n")
-        summaries.append(summary)
-    return summaries
+        summary = evaluate_folder(run_dir / "predictions", truth_dir, run_dir / "evaluation")
+        model_dir = (
+            root / f"nnUNet_results_seed{seed}" / DATASET_NAME / f"{name}__nnUNetPlans__{CONFIGURATION}"
+        )
+        record = {
+            "summary": summary,
+            "per_case_dice": per_case_dice(run_dir / "evaluation"),
+            "parameters": count_parameters(env_dir, model_dir / "fold_0" / "checkpoint_final.pth"),
+            "steps": steps if trainer is None else None,
+            "planned_steps": steps if trainer is None else None,
+            "train_s": timings.get("train_s", 0.0),
+            "wall_s": time.perf_counter() - started,
+            "nnunet": {
+                "version": version, "trainer": name, "epochs": epochs, "iterations_per_epoch": iterations,
+                "seed": seed, "device": device, "plan_and_preprocess_s": plan_seconds, **timings,
+                **planned_network(plans),
+            },
+        }  # fmt: skip
+        write_text_atomic(finished, json.dumps(record, indent=2) + "\n")
+        records.append(record)
+        if on_record is not None:
+            on_record(record)
+    return records

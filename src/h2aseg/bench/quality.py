@@ -28,7 +28,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from h2aseg.bench.quality_tables import THRESHOLD_ROW, write_tables
+from h2aseg.bench.quality_tables import NNUNET_ROW, THRESHOLD_ROW, write_tables
+from h2aseg.io import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ class QualityPlan:
         max_minutes: wall-time safety limit per run (``None``: none); a run it cuts is flagged.
         learning_rate: Adam's peak learning rate for every row (why 3e-3: :func:`row_settings`).
         extra_overrides: further config overrides for every row (e.g. ``trainer.accelerator=gpu``).
+        nnunet_env: an nnU-Net v2 environment (``make nnunet-env``): adds the real nnU-Net as a
+            reference row, trained for the same optimizer steps on the same split
+            (:mod:`h2aseg.bench.nnunet`); ``None``: no such row.
     """
 
     models: list[str]
@@ -85,6 +89,7 @@ class QualityPlan:
     max_minutes: float | None = 120.0
     learning_rate: float = 3.0e-3
     extra_overrides: list[str] = field(default_factory=list)
+    nnunet_env: str | None = None
 
 
 def available_rows() -> list[str]:
@@ -176,7 +181,7 @@ def _truth_folder(cases: list, out_dir: Path) -> Path:
     return out_dir
 
 
-def _per_case_dice(evaluation_dir: Path) -> dict[str, float]:
+def per_case_dice(evaluation_dir: Path) -> dict[str, float]:
     """Dice of each case with a lesion, from ``per_case.csv`` (its one class, ``lesion_dice`` and
     ``lesion_truth_voxels``): the pairing unit of the statistics."""
     with (evaluation_dir / "per_case.csv").open(encoding="utf-8") as stream:
@@ -187,9 +192,7 @@ def _per_case_dice(evaluation_dir: Path) -> dict[str, float]:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def prepare_cohort(plan: QualityPlan, work_dir: Path) -> tuple[Path, Path, list, str]:
@@ -251,7 +254,7 @@ def _train_and_score(overrides: list[str], run_dir: Path, test_cases: list, trut
     n_train = len(json.loads(Path(config["data"]["split_file"]).read_text())["train"])
     return {
         "summary": summary,
-        "per_case_dice": _per_case_dice(run_dir / "evaluation"),
+        "per_case_dice": per_case_dice(run_dir / "evaluation"),
         "parameters": sum(p.numel() for p in build_network(config).parameters()),
         "steps": steps,
         "planned_steps": config["trainer"]["max_epochs"]
@@ -264,7 +267,7 @@ def _train_and_score(overrides: list[str], run_dir: Path, test_cases: list, trut
 def _tables(plan: QualityPlan) -> tuple[list[str], list[str]]:
     """Rows of Table 1 (methods, H2ASeg and PET-only last) and Table 2 (the four variants)."""
     methods = [name for name in plan.models if name not in ABLATION_ROWS and name != PET_ONLY_ROW]
-    return [*methods, "h2aseg", PET_ONLY_ROW], ABLATION_ROWS
+    return [*methods, NNUNET_ROW, "h2aseg", PET_ONLY_ROW], ABLATION_ROWS
 
 
 def _config_path() -> Path:
@@ -313,7 +316,7 @@ def run_quality_benchmark(
     summary = evaluate_folder(threshold_dir / "predictions", truth_dir, threshold_dir / "evaluation")
     records[THRESHOLD_ROW] = [
         {
-            "summary": summary, "per_case_dice": _per_case_dice(threshold_dir / "evaluation"),
+            "summary": summary, "per_case_dice": per_case_dice(threshold_dir / "evaluation"),
             "parameters": 0, "steps": 0, "planned_steps": 0, "train_s": 0.0,
             "wall_s": time.perf_counter() - started,
         }
@@ -350,5 +353,39 @@ def run_quality_benchmark(
             _write_json(finished, record)
             records.setdefault(name, []).append(record)
             write_tables(records, context, Path(out_dir), quick, *_tables(plan))
+        if plan.nnunet_env is not None:
+            _nnunet_seed(plan, seed, work_dir, data_dir, split, truth_dir, records, tables_only)
+            write_tables(records, context, Path(out_dir), quick, *_tables(plan))
     write_tables(records, context, Path(out_dir), quick, *_tables(plan))
     return records
+
+
+def _nnunet_seed(
+    plan: QualityPlan,
+    seed: int,
+    work_dir: Path,
+    data_dir: Path,
+    split: dict[str, list[str]],
+    truth_dir: Path,
+    records: dict[str, list[dict]],
+    tables_only: bool,
+) -> None:
+    """Add the nnU-Net row's record of ``seed`` to ``records`` (trained unless ``tables_only``)."""
+    from h2aseg.bench.nnunet import budget_trainer_name, run_nnunet_row
+    from h2aseg.data.layouts import read_dataset
+
+    steps = plan.epochs * math.ceil(len(split["train"]) / _batch_size(plan))
+    if tables_only:
+        finished = work_dir / "nnunet" / f"{budget_trainer_name(steps)}_seed{seed}" / "result.json"
+        if finished.is_file():
+            records.setdefault(NNUNET_ROW, []).append(json.loads(finished.read_text()))
+        return
+    cases = read_dataset(data_dir, require_labels=True)
+    [record] = run_nnunet_row(work_dir, cases, split, truth_dir, [seed], steps, Path(plan.nnunet_env))
+    records.setdefault(NNUNET_ROW, []).append(record)
+
+
+def _batch_size(plan: QualityPlan) -> int:
+    from h2aseg.config import resolve_config
+
+    return int(resolve_config(_config_path(), plan.extra_overrides)["trainer"]["batch_size"])

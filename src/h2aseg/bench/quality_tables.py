@@ -22,6 +22,7 @@ from h2aseg.bench.harness import machine
 from h2aseg.evaluation.stats import mean_over_seeds, paired_comparison
 
 THRESHOLD_ROW = "SUV ≥ 2.5 threshold"
+NNUNET_ROW = "nnU-Net v2 (3d_fullres)"
 REFERENCE_ROW = "h2aseg"
 METRICS = ("dice", "hd95", "precision", "recall")
 HEADER = (
@@ -62,7 +63,7 @@ def _comparison(name: str, records: dict[str, list[dict]]) -> tuple[str, str]:
 def _row(name: str, records: dict[str, list[dict]]) -> str:
     runs = records[name]
     trained = name != THRESHOLD_ROW
-    parameters = f"{runs[0]['parameters'] / 1e6:.2f}" if trained else "—"
+    parameters = f"{runs[0]['parameters'] / 1e6:.2f}" if trained and runs[0]["parameters"] else "—"
     steps = [run["steps"] for run in runs]
     cut = any(run["steps"] < run["planned_steps"] for run in runs)
     step_cell = (f"{min(steps)}" + (" (cut)" if cut else "")) if trained else "—"
