@@ -34,6 +34,7 @@ from h2aseg.data.transforms import (
 )
 from h2aseg.inference.quantify import atomic_output, case_summary, lesion_table, write_lesion_report
 from h2aseg.models import build_model
+from h2aseg.pipeline.sharding import Rank, barrier, write_cohort_summary
 from h2aseg.viz import save_nifti_case_figure
 
 logger = logging.getLogger(__name__)
@@ -331,7 +332,10 @@ def predict(
     Exactly one input: ``ct`` + ``pet`` (NIfTI, HU and SUV), ``dataset`` (a folder in any layout
     :func:`h2aseg.data.layouts.read_dataset` knows; labels not needed), or ``ct_dicom`` +
     ``pet_dicom`` (series folders, converted to NIfTI with SUV in a temporary folder first).
-    Every input is checked before the first case runs.
+    Every input is checked before the first case runs. Under ``torchrun`` (``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK`` set) each rank segments every ``WORLD_SIZE``-th case on its own
+    GPU; for a dataset, rank 0 then writes ``cohort_summary.csv`` (one row per case) once all
+    ranks are done (see :mod:`h2aseg.pipeline.sharding`).
 
     Args:
         model_path: checkpoint (see :meth:`Predictor.from_checkpoint`).
@@ -340,7 +344,7 @@ def predict(
         overlap, sw_batch_size, tta, device: as in :class:`Predictor` (``None`` = the config's).
 
     Returns:
-        One :class:`CaseResult` per case, in input order.
+        One :class:`CaseResult` per case of this rank, in input order.
     """
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
@@ -354,8 +358,9 @@ def predict(
         raise ValueError("give exactly one input: --ct with --pet, --dataset, or --ct-dicom with --pet-dicom")
     if any(value is None for value in given[chosen[0]]):
         raise ValueError(f"{chosen[0]}: both of the pair are needed")
+    rank = Rank.from_env()
     predictor = Predictor.from_checkpoint(
-        model_path, device, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta
+        model_path, rank.device(device), overlap=overlap, sw_batch_size=sw_batch_size, tta=tta
     )
     with tempfile.TemporaryDirectory(prefix="h2aseg-dicom-") as scratch:
         if dataset is not None:
@@ -367,10 +372,16 @@ def predict(
             cases = [(case_id_from_path(Path(pet_dicom)), converted["ct"], converted["pet_suv"])]
         for _, case_ct, case_pet in cases:
             check_case_inputs(case_ct, case_pet)
-        return [
+        mine = rank.share(cases)
+        results = [
             predictor.predict_case(case_ct, case_pet, out_dir, case_id, grid, save_probabilities)
-            for case_id, case_ct, case_pet in track(cases, description="segmenting", disable=len(cases) < 2)
+            for case_id, case_ct, case_pet in track(mine, description="segmenting", disable=len(mine) < 2)
         ]
+    if dataset is not None:
+        barrier(rank)
+        if rank.rank == 0:
+            write_cohort_summary(out_dir, [case_id for case_id, _, _ in cases])
+    return results
 
 
 def flip_combinations(tta: TtaSetting) -> tuple[tuple[int, ...], ...]:

@@ -1,0 +1,1 @@
+"""End-to-end pipelines: prediction of many studies (sharded across ranks), demo, analysis."""
