@@ -98,7 +98,7 @@ def _time(step: Callable[[], object], device: torch.device, warmups: int, repeat
     return seconds
 
 
-def _models(sizes: dict[str, Any]) -> dict[str, tuple[torch.nn.Module, Callable]]:
+def _models(sizes: dict[str, Any], work: Path) -> dict[str, tuple[torch.nn.Module, Callable]]:
     """Rows of the training-step table: network and ``run(model, x)`` giving the five outputs."""
     from h2aseg.models import build_model
 
@@ -110,9 +110,12 @@ def _models(sizes: dict[str, Any]) -> dict[str, tuple[torch.nn.Module, Callable]
     official = os.environ.get("H2ASEG_OFFICIAL_DIR")
     if official:
         sys.path.insert(0, str(Path(__file__).parent))
-        from model_speed import build_row  # the authors' model, loaded as model_speed.py does
+        from model_speed import build_row, export_official_code  # loaded as model_speed.py does
 
-        model, run = build_row("official-h2aseg", official, sizes["patch"], sizes["channels"] is not None)
+        export_official_code(Path(official), work / "official")
+        model, run = build_row(
+            "official-h2aseg", str(work / "official"), sizes["patch"], sizes["channels"] is not None
+        )
         rows["official-h2aseg"] = (model, lambda m, x, run=run: run(m, x, True))
     return rows
 
@@ -142,10 +145,12 @@ def _train_step(
     return step
 
 
-def train_step_table(device: torch.device, sizes: dict[str, Any], repeats: int) -> list[dict[str, Any]]:
+def train_step_table(
+    device: torch.device, sizes: dict[str, Any], repeats: int, work: Path
+) -> list[dict[str, Any]]:
     """Training step and eval forward of every row, fp32 and bf16 autocast."""
     results = []
-    for name, (model, run) in _models(sizes).items():
+    for name, (model, run) in _models(sizes, work).items():
         model = model.to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         x = torch.randn(2, 2, *sizes["patch"], device=device)
@@ -218,7 +223,7 @@ def whole_body(device: torch.device, sizes: dict[str, Any], warm_up: bool) -> li
 
 def demo(work: Path, dry_run: bool) -> dict[str, Any]:
     """``h2aseg demo`` on the GPU (bf16); wall seconds and the test Dice."""
-    from h2aseg.demo import run_demo
+    from h2aseg.pipeline.demo import run_demo
 
     overrides = ["trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=2"]
     if not dry_run:
@@ -263,8 +268,8 @@ def train_run(work: Path, dry_run: bool, seconds: float) -> dict[str, Any]:
     """A short real training at the paper's configuration; steps/s and GPU utilisation."""
     import lightning
 
-    from h2aseg.data.phantom import write_cohort
-    from h2aseg.training.config import resolve_config
+    from h2aseg.config import resolve_config
+    from h2aseg.phantom.cohort import write_cohort
     from h2aseg.training.train import run_training
 
     class StepClock(lightning.Callback):
@@ -280,7 +285,7 @@ def train_run(work: Path, dry_run: bool, seconds: float) -> dict[str, Any]:
         root, 2 if dry_run else 4, seed=0, layout="autopet", preset="small" if dry_run else "autopet"
     )
     overrides = [f"data.root={root}", f"output_dir={work / 'run'}", f"data.cache_dir={work / 'cache'}"]
-    overrides += ["data.split_ratios=[1,0,1]", "trainer.val_every=1000", "trainer.max_epochs=1000"]
+    overrides += ["data.split_ratios=[2,1,1]", "trainer.val_every=1000", "trainer.max_epochs=1000"]
     overrides += [f"trainer.max_time_minutes={seconds / 60}"]
     if dry_run:
         overrides += ["trainer.accelerator=cpu", "trainer.precision=32-true", "data.num_workers=0"]
@@ -325,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="h2aseg-gpu-") as scratch:
         work = args.work_dir or Path(scratch)
         sections: dict[str, Callable[[], object]] = {
-            "train_step": lambda: train_step_table(device, sizes, repeats=1 if args.dry_run else 10),
+            "train_step": lambda: train_step_table(device, sizes, 1 if args.dry_run else 10, work),
             "whole_body": lambda: whole_body(device, sizes, warm_up=not args.dry_run),
             "demo": lambda: demo(work, args.dry_run),
             "train": lambda: train_run(work, args.dry_run, args.train_seconds),

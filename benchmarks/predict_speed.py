@@ -22,9 +22,9 @@ import torch
 
 from h2aseg.bench.cohort import DEFAULT_CONFIG, ensure_phantoms
 from h2aseg.bench.prediction import air_window_fraction, measure_predict, measure_windows
+from h2aseg.config import resolve_config
 from h2aseg.data.layouts import read_dataset
 from h2aseg.data.transforms import PreprocessConfig, predict_transforms
-from h2aseg.training.config import resolve_config
 
 ROI = (32, 32, 16)
 

@@ -19,9 +19,9 @@ from h2aseg.bench.quality import (
     run_quality_benchmark,
 )
 from h2aseg.bench.speed import run_speed_benchmark
-from h2aseg.demo import phantom_config_path
-from h2aseg.training.config import resolve_config
-from h2aseg.training.module import build_network
+from h2aseg.config import resolve_config
+from h2aseg.inference.checkpoint import build_network
+from h2aseg.pipeline.demo import phantom_config_path
 
 
 @pytest.mark.slow

@@ -120,3 +120,14 @@ def test_convert_dicom_needs_a_series(tmp_path: Path) -> None:
 def test_bench_needs_a_choice() -> None:
     result = runner.invoke(app, ["bench"])
     assert result.exit_code == 1
+
+
+def test_convert_dicom_rtstruct_with_one_roi_needs_no_roi_name(shared_data: Path, tmp_path: Path) -> None:
+    """Like ``convert_dicom``: ``--roi`` may be left out when the RTSTRUCT holds one ROI (STS_003)."""
+    case = shared_data / "sts-petct" / "sts_images" / "STS_003" / "PET" / "dicom"
+    arguments = ["convert-dicom", "--pet", str(case / "image"), "--out", str(tmp_path / "out")]
+    result = runner.invoke(app, [*arguments, "--rtstruct", str(case / "mask" / "RS.dcm")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "mask.nii.gz").is_file()
+    result = runner.invoke(app, [*arguments, "--roi", "GTV"])
+    assert result.exit_code == 1 and "--rtstruct" in _error_line(result)

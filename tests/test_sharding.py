@@ -21,7 +21,7 @@ from h2aseg.pipeline.sharding import COHORT_SUMMARY, Rank
 TINY_UNET = {"name": "unet3d", "features": [2, 2, 4, 4, 8, 2]}
 RANK_SCRIPT = """
 import json, sys
-from h2aseg.inference.predictor import predict
+from h2aseg.pipeline.predict import predict
 results = predict(sys.argv[1], sys.argv[2], dataset=sys.argv[3], device="cpu")
 print(json.dumps([result.case_id for result in results]))
 """

@@ -67,7 +67,7 @@ def demo(
     ] = None,
 ) -> None:
     """Synthetic cohort -> train H2ASeg -> predict held-out cases -> metrics, masks, reports, pictures."""
-    from h2aseg.demo import run_demo
+    from h2aseg.pipeline.demo import run_demo
 
     _run(lambda: run_demo(out, n_cases=cases, seed=seed, max_minutes=minutes))
 
@@ -81,7 +81,7 @@ def phantom(
     preset: Annotated[str, typer.Option(help="small | autopet | hecktor")] = "small",
 ) -> None:
     """Write a synthetic PET/CT cohort (CT in HU, PET in SUV, lesion masks) in a real dataset layout."""
-    from h2aseg.data.phantom import write_cohort
+    from h2aseg.phantom.cohort import write_cohort
 
     written = _run(lambda: write_cohort(out, n_cases=cases, seed=seed, layout=layout, preset=preset))
     console.print(f"wrote {len(written)} cases ({layout} layout, {preset} preset) to {out}")
@@ -93,16 +93,18 @@ def convert_dicom(
     ct: Annotated[Path | None, typer.Option(help="CT DICOM series folder.")] = None,
     pet: Annotated[Path | None, typer.Option(help="PET DICOM series folder.")] = None,
     rtstruct: Annotated[Path | None, typer.Option(help="RTSTRUCT file to turn into a mask.")] = None,
-    roi: Annotated[str | None, typer.Option(help="ROI name in the RTSTRUCT.")] = None,
+    roi: Annotated[
+        str | None, typer.Option(help="ROI name in the RTSTRUCT (optional when it holds one ROI).")
+    ] = None,
 ) -> None:
     """CT + PET DICOM series -> NIfTI, PET in body-weight SUV, CT on the PET grid."""
-    from h2aseg.data.dicom import convert_dicom as convert
+    from h2aseg.data.dicom.series import convert_dicom as convert
 
     if ct is None and pet is None:
         console.print("[bold red]error:[/] give --ct, --pet or both")
         raise typer.Exit(code=1)
-    if (rtstruct is None) != (roi is None):
-        console.print("[bold red]error:[/] --rtstruct and --roi go together")
+    if roi is not None and rtstruct is None:
+        console.print("[bold red]error:[/] --roi names an ROI of --rtstruct: give the RTSTRUCT file too")
         raise typer.Exit(code=1)
     written = _run(lambda: convert(ct, pet, out, rtstruct=rtstruct, roi=roi))
     for name, path in written.items():
@@ -155,8 +157,19 @@ def predict(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
 ) -> None:
     """Whole-volume segmentation: masks in the original geometry, lesion reports, MIP pictures."""
-    from h2aseg.inference.predictor import predict as run_prediction
+    from h2aseg.pipeline.predict import INPUTS
+    from h2aseg.pipeline.predict import predict as run_prediction
 
+    given = {"ct": ct, "pet": pet, "dataset": dataset, "ct_dicom": ct_dicom, "pet_dicom": pet_dicom}
+    flags = {
+        kind: "/".join(f"--{name.replace('_', '-')}" for name in names) for kind, names in INPUTS.items()
+    }
+    chosen = [kind for kind, names in INPUTS.items() if any(given[name] is not None for name in names)]
+    if len(chosen) != 1 or any(given[name] is None for name in INPUTS[chosen[0]]):
+        console.print(
+            f"[bold red]error:[/] give exactly one input: {', or '.join(flags.values())} (pairs together)"
+        )
+        raise typer.Exit(code=1)
     results = _run(
         lambda: run_prediction(
             model,
@@ -182,12 +195,36 @@ def evaluate(
     pred: Annotated[Path, typer.Option(help="Folder of predicted masks ({case}_seg.nii.gz).")],
     gt: Annotated[Path, typer.Option(help="Ground truth: a dataset folder or a folder of masks.")],
     out: Annotated[Path | None, typer.Option(help="Write per_case.csv and summary.json here.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="A run's config.yaml or configs/*.yaml: its classes name the labels.")
+    ] = None,
+    labels: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="LABELS",
+            help="Classes to score, numbers or names: --labels 1,2 or --labels GTVp (default all).",
+        ),
+    ] = None,
+    resample_to_truth: Annotated[
+        bool, typer.Option(help="Resample predictions on another grid onto the truth's (nearest neighbour).")
+    ] = False,
 ) -> None:
-    """Dice, HD95, precision, recall, autoPET FPV/FNV and aggregated Dice of predictions."""
+    """Dice, HD95, precision, recall, autoPET FPV/FNV and HECKTOR aggregated Dice, per class."""
     from h2aseg.evaluation.evaluate import evaluate_folder, format_summary_table
 
-    summary = _run(lambda: evaluate_folder(pred, gt, out))
-    Console().print(format_summary_table(summary))
+    def run() -> dict:
+        classes = None
+        if config is not None:
+            from h2aseg.config import resolve_config
+
+            classes = resolve_config(config)["classes"]
+        selected = [entry for text in labels or [] for entry in text.replace(",", " ").split()]
+        return evaluate_folder(
+            pred, gt, out, classes=classes, labels=selected or None, resample_to_truth=resample_to_truth
+        )
+
+    summary = _run(run)
+    Console(soft_wrap=True).print(format_summary_table(summary))
 
 
 @app.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from h2aseg.data.phantom import write_cohort
+from h2aseg.phantom.cohort import write_cohort
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 DEFAULT_CONFIG = CONFIGS / "autopet.yaml"

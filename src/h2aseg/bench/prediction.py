@@ -25,14 +25,15 @@ import nibabel as nib
 import torch
 from monai.data.utils import dense_patch_slices, get_valid_patch_size
 
-from h2aseg.inference.predictor import Predictor, predict
+from h2aseg.inference.predictor import Predictor
 from h2aseg.models import build_model
+from h2aseg.pipeline.predict import predict
 
 STAGES = {
     "read and preprocess": "compose.py:__call__",
     "network (sliding window)": "predictor.py:predict_volume",
     "resample to the source grid": "transforms.py:restore_to_original",
-    "write NIfTI": "predictor.py:_save_nifti",
+    "write NIfTI": "io.py:save_nifti_like",
     "lesion table": "quantify.py:lesion_table",
     "picture": "viz.py:save_nifti_case_figure",
 }

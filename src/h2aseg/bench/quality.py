@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from h2aseg.bench.harness import machine
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ REDUCED_BASELINES: dict[str, dict[str, object]] = {
 def _model_overrides(name: str, config_path: Path) -> list[str]:
     """Overrides that give every H2ASeg row the phantom config's model arguments, the baselines the
     reduced widths of :data:`REDUCED_BASELINES`, and the size-bound baselines the training patch."""
-    from h2aseg.training.config import load_yaml
+    from h2aseg.config import load_yaml
 
     config = load_yaml(config_path)
     patch = config.get("preprocess", {}).get("patch_size", [64, 64, 32])
@@ -142,11 +143,11 @@ def run_quality_benchmark(
         work_dir: where the cohort, the runs and the predictions go (default ``runs/bench_quality``).
         tables_only: train nothing; write the tables from the runs already evaluated in ``work_dir``.
     """
-    from h2aseg.data.phantom import write_cohort
     from h2aseg.data.splits import make_split
-    from h2aseg.demo import phantom_config_path
     from h2aseg.evaluation.evaluate import evaluate_folder
     from h2aseg.inference.predictor import Predictor
+    from h2aseg.phantom.cohort import write_cohort
+    from h2aseg.pipeline.demo import phantom_config_path
     from h2aseg.training.train import train
 
     plan = plan or default_plan(quick)
@@ -233,7 +234,7 @@ def write_tables(
     stem = "quality_quick" if quick else "quality"
     meta = {
         "date": date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine(),
         "command": " ".join(sys.argv),
         "epochs_per_run": plan.epochs,
         "max_minutes_per_run": plan.max_minutes,

@@ -1,4 +1,4 @@
-"""Fast random rotation of training patches about the Z axis (the authors' only augmentation).
+"""Augmentation of training patches, with a fast random rotation about the Z axis (the authors' only one).
 
 MONAI's ``RandRotated`` resamples a 3-D patch trilinearly with a full 3-D sampling grid, once per
 key. A rotation about Z moves voxels only within their axial slice, so this module resamples every
@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from monai import transforms as mt
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
+
+if TYPE_CHECKING:
+    from h2aseg.data.transforms import PreprocessConfig
 
 
 def rotate_about_z(
@@ -113,3 +118,31 @@ class RandRotateZd(Randomizable, MapTransform):
                 rotated.affine = moved
             d[key] = rotated
         return d
+
+
+def augmentations(cfg: PreprocessConfig) -> list[Any]:
+    """Random spatial and intensity augmentations of an ``image``/``label`` patch (``cfg.augment``)."""
+    both = ["image", "label"]
+    steps: list[Any] = []
+    if cfg.rotation_prob > 0 and any(cfg.rotation_deg):
+        ranges = dict(
+            zip(("range_x", "range_y", "range_z"), np.deg2rad(cfg.rotation_deg).tolist(), strict=True)
+        )
+        modes = ["bilinear", "nearest"]
+        if ranges["range_x"] == ranges["range_y"] == 0:  # about Z only: slice-wise, same values, faster
+            steps.append(RandRotateZd(both, ranges["range_z"], prob=cfg.rotation_prob, mode=modes))
+        else:
+            rotate = mt.RandRotated(both, **ranges, prob=cfg.rotation_prob, mode=modes, padding_mode="zeros")
+            steps.append(rotate)
+    if cfg.flip_prob > 0:
+        steps += [mt.RandFlipd(both, prob=cfg.flip_prob, spatial_axis=axis) for axis in cfg.flip_axes]
+    if cfg.zoom_prob > 0:
+        low, high = cfg.zoom_range
+        modes = ["trilinear", "nearest"]
+        steps.append(mt.RandZoomd(both, cfg.zoom_prob, low, high, mode=modes, padding_mode="constant"))
+    if cfg.intensity_prob > 0:
+        steps += [
+            mt.RandScaleIntensityd(["image"], factors=cfg.intensity_scale, prob=cfg.intensity_prob),
+            mt.RandShiftIntensityd(["image"], offsets=cfg.intensity_shift, prob=cfg.intensity_prob),
+        ]
+    return steps

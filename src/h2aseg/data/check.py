@@ -6,7 +6,6 @@ checks (corruption, NaN/inf, label values, SUV plausibility).
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from rich.progress import track
 from rich.table import Table
 
 from h2aseg.data import layouts
+from h2aseg.io import overlap_problem
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +58,6 @@ def _spatial_shape(header: nib.Nifti1Header) -> tuple[int, ...]:
     return shape
 
 
-def _world_box(image: nib.spatialimages.SpatialImage) -> np.ndarray:
-    """RAS mm bounding box ``(2, 3)`` (min, max) of the voxel centres of a 3-D image."""
-    corners = np.array(list(itertools.product(*[(0, n - 1) for n in image.shape[:3]])), dtype=float)
-    world = nib.affines.apply_affine(image.affine, corners)
-    return np.stack([world.min(axis=0), world.max(axis=0)])
-
-
 def _same_grid(first: nib.spatialimages.SpatialImage, second: nib.spatialimages.SpatialImage) -> bool:
     """Same shape and affine (within ``GRID_TOLERANCE_MM``)."""
     return first.shape[:3] == second.shape[:3] and np.allclose(
@@ -93,9 +86,9 @@ def _check_geometry(case_id: str, images: dict[str, nib.spatialimages.SpatialIma
     problems = []
     ct, pet, label = (images.get(key) for key in MODALITIES)
     if ct is not None and pet is not None:
-        ct_box, pet_box = _world_box(ct), _world_box(pet)
-        if np.any(ct_box[0] > pet_box[1]) or np.any(pet_box[0] > ct_box[1]):
-            message = f"CT and PET ({Path(pet.get_filename()).name}) do not overlap in space"
+        problem = overlap_problem(ct, pet)
+        if problem is not None:
+            message = f"{problem} (PET file {Path(pet.get_filename()).name})"
             problems.append(Problem(case_id, str(ct.get_filename()), message))
     if label is not None:
         grids = [image for image in (pet, ct) if image is not None]

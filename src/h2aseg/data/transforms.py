@@ -30,7 +30,7 @@ import torch
 from monai import transforms as mt
 from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
 
-from h2aseg.data.augment import RandRotateZd
+from h2aseg.data.augment import augmentations
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,6 @@ class PreprocessConfig:
         intensity_prob: probability of each intensity augmentation (scale, then shift).
         intensity_scale: the scaled image is multiplied by ``1 + U(-s, s)``.
         intensity_shift: ``U(-o, o)`` is added to the scaled image.
-        cache_dir: folder of the on-disk cache of preprocessed cases, ``None`` for no cache.
     """
 
     ct_window_hu: tuple[float, float] = (-1000.0, 1000.0)
@@ -105,7 +104,6 @@ class PreprocessConfig:
     intensity_prob: float = 0.2
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
-    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("ct_window_hu", "pet_clip_suv", "zoom_range"):
@@ -138,8 +136,6 @@ class PreprocessConfig:
         if unknown:
             raise ValueError(f"unknown preprocess option(s) {unknown}; known: {sorted(known)}")
         converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        if converted.get("cache_dir") is not None:
-            converted["cache_dir"] = str(converted["cache_dir"])
         return cls(**converted)
 
     def to_dict(self) -> dict[str, Any]:
@@ -280,34 +276,6 @@ def preprocess_transforms(cfg: PreprocessConfig, with_label: bool) -> Configured
     return ConfiguredCompose(_deterministic_steps(cfg, with_label), cfg, "label" if with_label else "image")
 
 
-def _augmentations(cfg: PreprocessConfig) -> list[Any]:
-    """Random spatial and intensity augmentations of an ``image``/``label`` patch."""
-    both = ["image", "label"]
-    steps: list[Any] = []
-    if cfg.rotation_prob > 0 and any(cfg.rotation_deg):
-        ranges = dict(
-            zip(("range_x", "range_y", "range_z"), np.deg2rad(cfg.rotation_deg).tolist(), strict=True)
-        )
-        modes = ["bilinear", "nearest"]
-        if ranges["range_x"] == ranges["range_y"] == 0:  # about Z only: slice-wise, same values, faster
-            steps.append(RandRotateZd(both, ranges["range_z"], prob=cfg.rotation_prob, mode=modes))
-        else:
-            rotate = mt.RandRotated(both, **ranges, prob=cfg.rotation_prob, mode=modes, padding_mode="zeros")
-            steps.append(rotate)
-    if cfg.flip_prob > 0:
-        steps += [mt.RandFlipd(both, prob=cfg.flip_prob, spatial_axis=axis) for axis in cfg.flip_axes]
-    if cfg.zoom_prob > 0:
-        low, high = cfg.zoom_range
-        modes = ["trilinear", "nearest"]
-        steps.append(mt.RandZoomd(both, cfg.zoom_prob, low, high, mode=modes, padding_mode="constant"))
-    if cfg.intensity_prob > 0:
-        steps += [
-            mt.RandScaleIntensityd(["image"], factors=cfg.intensity_scale, prob=cfg.intensity_prob),
-            mt.RandShiftIntensityd(["image"], offsets=cfg.intensity_shift, prob=cfg.intensity_prob),
-        ]
-    return steps
-
-
 def train_transforms(cfg: PreprocessConfig) -> ConfiguredCompose:
     """Preprocess with labels, pad to the patch, index lesion/background voxels, sample patches, augment.
 
@@ -336,7 +304,7 @@ def train_transforms(cfg: PreprocessConfig) -> ConfiguredCompose:
         ),
     ]
     if cfg.augment:
-        steps += _augmentations(cfg)
+        steps += augmentations(cfg)
     steps.append(mt.CastToTyped(keys=["image", "label"], dtype=[torch.float32, torch.uint8]))
     return ConfiguredCompose(steps, cfg, "train")
 

@@ -1,1 +1,2 @@
-"""End-to-end pipelines: prediction of many studies (sharded across ranks), demo, analysis."""
+"""End-to-end pipelines above inference and training: ``predict`` (the library side of
+``h2aseg predict``, sharded across ranks by :mod:`h2aseg.pipeline.sharding`) and ``demo``."""

@@ -20,6 +20,8 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from h2aseg.io import atomic_output
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -98,11 +100,9 @@ def write_cohort_summary(out_dir: Path, case_ids: Sequence[str]) -> Path:
         summary = json.loads(path.read_text())
         rows.append({column: summary.get(column) for column in SUMMARY_COLUMNS})
     target = Path(out_dir) / COHORT_SUMMARY
-    temporary = target.with_name(f".tmp-{os.getpid()}-{target.name}")
-    with temporary.open("w", newline="") as handle:
+    with atomic_output(target) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(temporary, target)
     logger.info("cohort summary of %d case(s): %s", len(rows), target)
     return target

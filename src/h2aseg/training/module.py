@@ -8,42 +8,20 @@ from typing import Any
 import lightning
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 from monai.metrics import DiceMetric
 from monai.utils import convert_to_tensor
 from torch.nn import functional as F
 
-from h2aseg.models import build_model
-from h2aseg.training.config import to_plain
+from h2aseg.config import to_plain
+from h2aseg.inference.checkpoint import build_network
+from h2aseg.inference.predictor import sliding_window_logits
+from h2aseg.models.registry import DeeplySupervised
 from h2aseg.training.loss import DeepSupervisionLoss
 
 logger = logging.getLogger(__name__)
 
 POLY_POWER = 0.9
 """Exponent of the ``poly`` learning-rate schedule (nnU-Net's)."""
-
-
-def build_network(config: dict[str, Any]) -> torch.nn.Module:
-    """Build ``config["model"]`` (``name`` plus keyword arguments of ``build_model``) and check its classes.
-
-    Raises:
-        ValueError: unknown model, bad argument, or output channels that do not fit ``config["classes"]``.
-    """
-    arguments = dict(config["model"])
-    name = arguments.pop("name")
-    try:
-        model = build_model(name, **arguments)
-    except TypeError as error:
-        raise ValueError(f"model {name!r}: bad argument in config section model ({error})") from error
-    n_classes = len(config["classes"])
-    if model.output_activation == "sigmoid" and (model.out_channels != 1 or n_classes != 2):
-        raise ValueError(f"model {name!r} has a sigmoid output: it needs out_channels=1 and two classes")
-    if model.output_activation == "softmax" and model.out_channels != n_classes:
-        raise ValueError(
-            f"model {name!r} has {model.out_channels} output channels but config classes has {n_classes} "
-            f"entries; set model.out_channels={n_classes}"
-        )
-    return model
 
 
 def patch_size_of(config: dict[str, Any]) -> tuple[int, int, int]:
@@ -61,7 +39,7 @@ class SegmentationModule(lightning.LightningModule):
     (whole volumes by Gaussian sliding window, foreground Dice) of one registered network.
 
     Args:
-        config: the resolved run config (:func:`h2aseg.training.config.resolve_config`); stored as the
+        config: the resolved run config (:func:`h2aseg.config.resolve_config`); stored as the
             checkpoint's ``hyper_parameters["config"]``.
 
     Logged: ``train/loss`` (per step and per epoch), ``val/dice`` (mean foreground Dice over the
@@ -73,7 +51,7 @@ class SegmentationModule(lightning.LightningModule):
         self.save_hyperparameters({"config": to_plain(config)})
         self.config = self.hparams["config"]
         self.model = build_network(self.config)
-        self.deep_supervision = hasattr(self.model, "forward_deep")
+        self.deep_supervision = isinstance(self.model, DeeplySupervised)
         weights = self.config["loss"]["deep_supervision_weights"] if self.deep_supervision else None
         self.loss = DeepSupervisionLoss(
             weights,
@@ -83,7 +61,9 @@ class SegmentationModule(lightning.LightningModule):
         self.n_classes = len(self.config["classes"])
         self.binary_target = self.config["data"]["target"] == "binary"
         self.dice_metric = DiceMetric(
-            include_background=self.model.output_activation == "sigmoid", reduction="mean", ignore_empty=True
+            include_background=self.model.output_activation == "sigmoid",
+            reduction="mean_batch",
+            ignore_empty=True,
         )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -115,21 +95,28 @@ class SegmentationModule(lightning.LightningModule):
         """Sliding-window segmentation of one whole volume and its Dice against the label."""
         image, label = self._image_and_label(batch)
         inference = self.config["inference"]
-        logits = sliding_window_inference(
+        logits = sliding_window_logits(
+            self.model,
             image,
-            roi_size=patch_size_of(self.config),
-            sw_batch_size=inference["sw_batch_size"],
-            predictor=self.model,
-            overlap=inference["overlap"],
-            mode=inference["mode"],
+            patch_size_of(self.config),
+            inference["sw_batch_size"],
+            inference["overlap"],
+            inference["mode"],
         )
         self.dice_metric(y_pred=self._one_hot_prediction(logits), y=self._one_hot_label(label))
 
     def on_validation_epoch_end(self) -> None:
-        """Log ``val/dice`` (nan when no validation volume has foreground) and reset the metric."""
-        dice = self.dice_metric.aggregate().item() if len(self.dice_metric) else float("nan")
+        """Log ``val/dice``, the mean over foreground classes of each class's mean Dice over the volumes
+        holding it (nan when none has foreground), with several classes also ``val/dice_{name}``; reset."""
+        names = [name for label, name in sorted(self.config["classes"].items()) if label != 0]
+        per_class = (
+            self.dice_metric.aggregate().reshape(-1) if len(self.dice_metric) else torch.full((1,), torch.nan)
+        )
         self.dice_metric.reset()
-        self.log("val/dice", dice, prog_bar=True, sync_dist=True)
+        self.log("val/dice", torch.nanmean(per_class).item(), prog_bar=True, sync_dist=True)
+        if len(names) > 1 and len(per_class) == len(names):
+            for name, dice in zip(names, per_class.tolist(), strict=True):
+                self.log(f"val/dice_{name}", dice, sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         """Adam with weight decay; after every epoch the learning rate is multiplied by ``optim.lr_decay``

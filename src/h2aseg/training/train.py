@@ -8,10 +8,9 @@ or SLURM ``srun`` for several; Lightning reads the cluster environment).
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,8 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from h2aseg.training.config import CONFIG_FILENAME, resolve_config, save_config, sibling_temporary
+from h2aseg.config import CONFIG_FILENAME, resolve_config, save_config, to_plain
+from h2aseg.io import atomic_output
 from h2aseg.training.datamodule import PETCTDataModule
 from h2aseg.training.module import SegmentationModule
 
@@ -57,14 +57,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = sibling_temporary(path)
-        try:
-            with temporary.open("wb") as stream:
-                torch.save(checkpoint, stream)
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        with atomic_output(path) as temporary, temporary.open("wb") as stream:
+            torch.save(checkpoint, stream)
 
 
 class TimeBudget(Callback):
@@ -124,18 +118,19 @@ def train(config_path: Path, overrides: Sequence[str] = (), resume: bool = False
 
 
 def run_training(
-    config: dict[str, Any], resume: bool = False, callbacks: Sequence[Callback] = ()
+    config: Mapping[str, Any], resume: bool = False, callbacks: Sequence[Callback] = ()
 ) -> lightning.Trainer:
     """Seed, save the resolved config, build module, data and trainer, and fit.
 
     Args:
-        config: resolved config (:func:`h2aseg.training.config.resolve_config`).
+        config: resolved config (:func:`h2aseg.config.resolve_config`).
         resume: continue from ``output_dir/checkpoints/last.ckpt``.
         callbacks: extra Lightning callbacks.
 
     Returns:
         The fitted trainer (``trainer.lightning_module`` holds the final weights).
     """
+    config = to_plain(config)
     output_dir = Path(config["output_dir"])
     last_path = checkpoint_dir(config) / f"{LAST_NAME}.ckpt"
     if resume and not last_path.is_file():
@@ -161,7 +156,8 @@ def checkpoint_dir(config: dict[str, Any]) -> Path:
 
 
 def build_trainer(config: dict[str, Any], callbacks: Sequence[Callback] = ()) -> lightning.Trainer:
-    """A Lightning ``Trainer`` from the ``trainer`` section: checkpoints, CSV and TensorBoard logs,
+    """A Lightning ``Trainer`` from the ``trainer`` section (stopping at ``max_epochs`` or, when set,
+    ``max_steps`` optimisation steps, whichever comes first): checkpoints, CSV and TensorBoard logs,
     Rich progress bar, precision, accelerator, devices, nodes, strategy and an optional exponential
     moving average of the weights (``trainer.ema_decay``)."""
     settings = config["trainer"]
@@ -201,6 +197,7 @@ def build_trainer(config: dict[str, Any], callbacks: Sequence[Callback] = ()) ->
         strategy=settings["strategy"],
         precision=settings["precision"],
         max_epochs=settings["max_epochs"],
+        max_steps=-1 if settings["max_steps"] is None else settings["max_steps"],
         check_val_every_n_epoch=settings["val_every"],
         log_every_n_steps=settings["log_every_n_steps"],
         callbacks=[

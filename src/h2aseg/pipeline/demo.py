@@ -44,10 +44,10 @@ def run_demo(
     Returns:
         The evaluation summary (see :func:`h2aseg.evaluation.evaluate.evaluate_folder`).
     """
-    from h2aseg.data.phantom import write_cohort
     from h2aseg.data.splits import make_split
     from h2aseg.evaluation.evaluate import evaluate_folder, format_summary_table
     from h2aseg.inference.predictor import Predictor
+    from h2aseg.phantom.cohort import write_cohort
     from h2aseg.training.train import train
 
     out_dir = Path(out_dir)

@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from h2aseg.data.anatomy import (
+from h2aseg.phantom.anatomy import (
     LESION_INDEX_BASE,
     TISSUE_INDEX,
     TISSUES,
@@ -22,7 +22,7 @@ from h2aseg.data.anatomy import (
     body_paints,
     sample_body,
 )
-from h2aseg.data.phantom_lesions import (
+from h2aseg.phantom.lesions import (
     LesionParams,
     Site,
     draw_lesion,
@@ -30,7 +30,7 @@ from h2aseg.data.phantom_lesions import (
     lesion_paints,
     lesion_sites,
 )
-from h2aseg.data.phantom_shapes import Grid, Paint, Vec3
+from h2aseg.phantom.shapes import Grid, Paint, Vec3
 
 PresetName = Literal["small", "autopet", "hecktor"]
 

@@ -1,15 +1,13 @@
 """PET/CT DICOM series to NIfTI: PET in body-weight SUV (g/mL), CT in HU, both on the PET grid.
 
 Pixel data and geometry come from SimpleITK (which applies each slice's own rescale slope),
-tags from pydicom; the SUV factor from :mod:`h2aseg.data.suv`.
+tags from pydicom; the SUV factor from :mod:`h2aseg.data.dicom.suv`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +16,8 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from h2aseg.data.rtstruct import FRAME_OF_REFERENCE_KEY, roi_names, rtstruct_to_mask
-from h2aseg.data.suv import (
+from h2aseg.data.dicom.rtstruct import FRAME_OF_REFERENCE_KEY, roi_names, rtstruct_to_mask
+from h2aseg.data.dicom.suv import (
     PET_IMAGE_STORAGE,
     DicomSuvError,
     SuvCalibration,
@@ -28,6 +26,7 @@ from h2aseg.data.suv import (
     suv_factor,
     text_value,
 )
+from h2aseg.io import atomic_output
 
 __all__ = [
     "DicomSuvError",
@@ -111,7 +110,8 @@ def read_pet_suv(series_dir: Path, series_uid: str | None = None) -> sitk.Image:
         FrameOfReferenceUID.
 
     Raises:
-        DicomSuvError: the series cannot be converted to SUV (see :func:`h2aseg.data.suv.suv_calibration`).
+        DicomSuvError: the series cannot be converted to SUV (see
+            :func:`h2aseg.data.dicom.suv.suv_calibration`).
         ValueError: no PET series, several, or slices sharing a position.
     """
     series_dir = Path(series_dir)
@@ -147,26 +147,22 @@ def read_ct_hu(series_dir: Path, series_uid: str | None = None) -> sitk.Image:
 
 
 def _write_all_or_nothing(images: dict[str, sitk.Image], out_dir: Path) -> dict[str, Path]:
-    """Write ``{name}.nii.gz`` files into a hidden temporary folder, then move them into ``out_dir``.
+    """Write ``{name}.nii.gz`` files under temporary names in ``out_dir``, then rename them all.
 
-    On failure nothing is left: neither the temporary folder nor an ``out_dir`` made here.
+    On failure nothing is left: neither a temporary file nor an ``out_dir`` made here.
     """
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".convert-dicom-", dir=out_dir))
+    written = {name: out_dir / f"{name}.nii.gz" for name in images}
     try:
-        for name, image in images.items():
-            sitk.WriteImage(image, str(staging / f"{name}.nii.gz"), useCompression=True)
+        with ExitStack() as stack:
+            staged = {name: stack.enter_context(atomic_output(path)) for name, path in written.items()}
+            for name, image in images.items():
+                sitk.WriteImage(image, str(staged[name]), useCompression=True)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
         if created:
             out_dir.rmdir()
         raise
-    written = {}
-    for name in images:
-        written[name] = out_dir / f"{name}.nii.gz"
-        os.replace(staging / f"{name}.nii.gz", written[name])
-    staging.rmdir()
     return written
 
 
@@ -194,7 +190,7 @@ def convert_dicom(
         ``{"pet_suv": path, "ct": path, "mask": path}``, with only the files written.
 
     Raises:
-        ValueError: from the readers and :func:`h2aseg.data.rtstruct.rtstruct_to_mask`
+        ValueError: from the readers and :func:`h2aseg.data.dicom.rtstruct.rtstruct_to_mask`
             (DicomSuvError and RtStructError are ValueErrors), or neither folder given.
     """
     if ct_dir is None and pet_dir is None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from h2aseg.data.anatomy import (
+from h2aseg.phantom.anatomy import (
     BONE_TISSUES,
     LESION_INDEX_BASE,
     SOFT_TISSUES,
@@ -21,7 +21,7 @@ from h2aseg.data.anatomy import (
     Body,
     organ_tissue,
 )
-from h2aseg.data.phantom_shapes import (
+from h2aseg.phantom.shapes import (
     Ellipsoid,
     Grid,
     Lobulated,
