@@ -1,7 +1,7 @@
-"""Every GPU figure of issue 15 in one call (about 6 minutes on an H200): ``python benchmarks/gpu.py``.
+"""Every GPU figure of issue 15 in one call (an estimated 6 to 7 minutes on an H200, never run on one yet).
 
-Writes ``benchmarks/results/gpu.json`` (``--out``) after every section, so a call cut short keeps
-what it measured. Sections (``--sections``, all by default):
+Run ``python benchmarks/gpu.py``. Writes ``benchmarks/results/gpu.json`` (``--out``) after
+every section, so a call cut short keeps what it measured. Sections (``--sections``, all by default):
 
 - ``train_step``: ``(B=2, 2, 128, 128, 64)`` random input, forward of all five deep-supervision
   outputs, cross-entropy of each against random labels (nearest-downsampled), backward, Adam;
@@ -14,7 +14,7 @@ what it measured. Sections (``--sections``, all by default):
   field of view), overlap 0.5/0.25 × sw_batch 2/8, without and with the 8-flip TTA, and once
   without skipping air windows.
 - ``demo``: ``h2aseg demo`` with ``trainer.accelerator=gpu trainer.precision=bf16-mixed``
-  (20 cases, 2 minutes of training), wall seconds and the Dice it reached.
+  (20 cases, 1.5 minutes of training), wall seconds and the Dice it reached.
 - ``train``: a short real ``h2aseg train`` at the paper's configuration (``configs/autopet.yaml``,
   128 × 128 × 64 patches, batch 2 × 2, bf16) on four autopet-preset phantoms, with steps per
   second (after the first 10 steps) and the GPU utilisation sampled by ``nvidia-smi`` every 0.5 s.
@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--work-dir", type=Path, default=None, help="scratch folder (default: a temporary one)"
     )
-    parser.add_argument("--train-seconds", type=float, default=90.0, help="length of the train section's run")
+    parser.add_argument("--train-seconds", type=float, default=60.0, help="length of the train section's run")
     return parser.parse_args(argv)
 
 
@@ -232,7 +232,7 @@ def demo(work: Path, dry_run: bool) -> dict[str, Any]:
     summary = run_demo(
         work / "demo",
         n_cases=5 if dry_run else 20,
-        max_minutes=None if dry_run else 2.0,
+        max_minutes=None if dry_run else 1.5,
         extra_overrides=overrides,
     )
     return {"seconds": round(time.perf_counter() - start, 1), "overrides": overrides, "summary": summary}

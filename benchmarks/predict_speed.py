@@ -22,7 +22,7 @@ import torch
 
 from h2aseg.bench.cohort import DEFAULT_CONFIG, ensure_phantoms
 from h2aseg.bench.prediction import air_window_fraction, measure_predict, measure_windows
-from h2aseg.config import resolve_config
+from h2aseg.config import resolve_config, to_plain
 from h2aseg.data.layouts import read_dataset
 from h2aseg.data.transforms import PreprocessConfig, predict_transforms
 
@@ -52,7 +52,7 @@ def main() -> None:
     torch.set_num_threads(1)
     results = args.out / "predict_speed_cpu.json"
     case = read_dataset(ensure_phantoms(args.work_dir, 2), require_labels=True)[0]
-    autopet = resolve_config(DEFAULT_CONFIG)
+    autopet = to_plain(resolve_config(DEFAULT_CONFIG))
     if args.windows:
         image_path = args.work_dir / f"{case.case_id}_image_quarter.pt"
         preprocess = PreprocessConfig.from_dict({**autopet["preprocess"], "crop_foreground": False})

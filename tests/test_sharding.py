@@ -75,7 +75,7 @@ def test_two_gloo_processes_split_a_dataset_and_rank_zero_summarises(tmp_path: P
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, PYTHONPATH=os.pathsep.join(sys.path))
         command = [sys.executable, "-c", RANK_SCRIPT, str(checkpoint), str(out), str(data)]
         processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    outputs = [process.communicate(timeout=120) for process in processes]
+    outputs = [process.communicate(timeout=600) for process in processes]
     for process, (_, stderr) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stderr.decode()[-2000:]
     shares = [json.loads(stdout.decode().strip().splitlines()[-1]) for stdout, _ in outputs]

@@ -26,7 +26,7 @@ import torch
 from monai.data import list_data_collate
 
 from h2aseg.bench.cohort import DEFAULT_CONFIG, ensure_phantoms
-from h2aseg.config import resolve_config
+from h2aseg.config import resolve_config, to_plain
 from h2aseg.data.layouts import read_dataset
 from h2aseg.data.transforms import PreprocessConfig, make_dataset, train_transforms
 from h2aseg.training.datamodule import EpochSeededDataset
@@ -117,7 +117,7 @@ def run_pipeline_benchmark(
     Returns:
         The whole results document written.
     """
-    config = resolve_config(config_path)
+    config = to_plain(resolve_config(config_path))
     preprocess = PreprocessConfig.from_dict(config["preprocess"])
     data_root = ensure_phantoms(Path(work_dir), n_cases, preset)
     result = measure_pipeline(

@@ -74,16 +74,19 @@ class Rank:
 
 
 def barrier(rank: Rank) -> None:
-    """Waits for every rank (initialising the process group from the environment if needed)."""
+    """Waits for every rank; a process group made here (from the environment) is closed after."""
     if rank.world_size == 1:
         return
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend, rank=rank.rank, world_size=rank.world_size)
     if dist.get_backend() == "nccl":
         dist.barrier(device_ids=[rank.local_rank % torch.cuda.device_count()])
     else:
         dist.barrier()
+    if created:
+        dist.destroy_process_group()
 
 
 def write_cohort_summary(out_dir: Path, case_ids: Sequence[str]) -> Path:
