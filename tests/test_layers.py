@@ -11,6 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "h2aseg"
 LAYERS: dict[str, int] = {
     "io": 0,
     "cpu_allocator": 0,
+    "errors": 0,
     "models": 1,
     "data": 1,
     "viz": 1,

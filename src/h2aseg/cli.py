@@ -1,7 +1,8 @@
 """The ``h2aseg`` command line: one Typer command per library function, no logic of its own.
 
 Heavy imports (torch, MONAI, Lightning) happen inside the commands so that ``--help`` is instant.
-Every library error (``ValueError``, ``OSError``) becomes one red line and exit code 1.
+Every error raised while a command runs becomes one red line on stderr and exit code 1 (the
+traceback only with ``--debug``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from h2aseg.cpu_allocator import keep_freed_memory
+from h2aseg.errors import error_line
 
 app = typer.Typer(
     help="PET/CT tumour segmentation with H2ASeg: phantoms, DICOM to SUV, training, prediction, metrics.",
@@ -25,13 +27,16 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
+_settings = {"debug": False}
 
 
 @app.callback()
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
 ) -> None:
     """PET/CT tumour segmentation with H2ASeg."""
+    _settings["debug"] = debug
     keep_freed_memory()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -43,13 +48,27 @@ def main(
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn a library error into one line on stderr and exit code 1."""
+    """Turn an error into one line on stderr and exit code 1 (re-raised with ``--debug``)."""
     try:
         yield
-    except (ValueError, OSError, KeyError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    except Exception as error:
+        if _settings["debug"]:
+            raise
+        table = getattr(error, "rich_table", None)
+        if callable(table):
+            console.print(table())
+        console.print(f"[bold red]error:[/] {error_line(error)}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
+
+
+_COVERAGE_HELP = (
+    "Least fraction of the PET body the CT covers along z (x, y: 0.5 at most), 0 = any [default: 0.75]."
+)
+
+
+def _given(**options: object) -> dict[str, object]:
+    """The options the user gave (``None`` leaves the library's default)."""
+    return {key: value for key, value in options.items() if value is not None}
 
 
 def _run(function: Callable[[], object]) -> object:
@@ -96,6 +115,9 @@ def convert_dicom(
     roi: Annotated[
         str | None, typer.Option(help="ROI name in the RTSTRUCT (optional when it holds one ROI).")
     ] = None,
+    allow_different_frames: Annotated[
+        bool, typer.Option(help="Accept CT and PET of different patients or frames of reference.")
+    ] = False,
 ) -> None:
     """CT + PET DICOM series -> NIfTI, PET in body-weight SUV, CT on the PET grid."""
     from h2aseg.data.dicom.series import convert_dicom as convert
@@ -106,7 +128,11 @@ def convert_dicom(
     if roi is not None and rtstruct is None:
         console.print("[bold red]error:[/] --roi names an ROI of --rtstruct: give the RTSTRUCT file too")
         raise typer.Exit(code=1)
-    written = _run(lambda: convert(ct, pet, out, rtstruct=rtstruct, roi=roi))
+    written = _run(
+        lambda: convert(
+            ct, pet, out, rtstruct=rtstruct, roi=roi, allow_different_frames=allow_different_frames
+        )
+    )
     for name, path in written.items():
         console.print(f"{name}: {path}")
 
@@ -131,12 +157,24 @@ def check_data(
 def train(
     ctx: typer.Context,
     config: Annotated[Path, typer.Option(help="YAML config (see configs/).")],
-    resume: Annotated[bool, typer.Option(help="Continue from the run's last.ckpt.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from last.ckpt (same network and data).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the run already in output_dir.")] = False,
+    allow_non_suv: Annotated[bool, typer.Option(help="Accept PET whose range is not SUV.")] = False,
+    min_ct_coverage: Annotated[float | None, typer.Option(help=_COVERAGE_HELP, show_default=False)] = None,
 ) -> None:
     """Train a registered model from a YAML config; extra KEY=VALUE arguments override it."""
     from h2aseg.training.train import train as run_training
 
-    best = _run(lambda: run_training(config, list(ctx.args), resume=resume))
+    best = _run(
+        lambda: run_training(
+            config,
+            list(ctx.args),
+            resume=resume,
+            overwrite=overwrite,
+            allow_non_suv=allow_non_suv,
+            **_given(min_ct_coverage=min_ct_coverage),
+        )
+    )
     console.print(f"best checkpoint: {best}")
 
 
@@ -155,6 +193,12 @@ def predict(
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Flip test-time augmentation.")] = None,
     probabilities: Annotated[bool, typer.Option(help="Also write the probability map.")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Redo cases whose outputs are complete.")] = False,
+    allow_non_suv: Annotated[bool, typer.Option(help="Accept PET whose range is not SUV.")] = False,
+    min_ct_coverage: Annotated[float | None, typer.Option(help=_COVERAGE_HELP, show_default=False)] = None,
+    allow_different_frames: Annotated[
+        bool, typer.Option(help="DICOM: accept CT and PET of different patients or frames of reference.")
+    ] = False,
 ) -> None:
     """Whole-volume segmentation: masks in the original geometry, lesion reports, MIP pictures."""
     from h2aseg.pipeline.predict import INPUTS
@@ -185,6 +229,10 @@ def predict(
             tta=tta,
             save_probabilities=probabilities,
             device=device,
+            overwrite=overwrite,
+            allow_non_suv=allow_non_suv,
+            allow_different_frames=allow_different_frames,
+            **_given(min_ct_coverage=min_ct_coverage),
         )
     )
     console.print(f"segmented {len(results)} case(s); masks, lesion reports and pictures in {out}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,37 @@ def temporary_sibling(path: Path) -> Path:
     """
     path = Path(path)
     return path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
+
+
+def remove_stale_temporaries(folder: Path, prefixes: tuple[str, ...] = (".tmp-",)) -> list[Path]:
+    """Remove the entries of ``folder`` named ``{prefix}{pid}-...`` (:func:`temporary_sibling`) whose
+    process no longer runs: what a killed write left. Entries of running processes stay.
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    for path in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
+        prefix = next((prefix for prefix in prefixes if path.name.startswith(prefix)), None)
+        pid = path.name[len(prefix) :].partition("-")[0] if prefix else ""
+        if not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @contextmanager

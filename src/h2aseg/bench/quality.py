@@ -194,7 +194,7 @@ def run_quality_benchmark(
                 f"trainer.val_every={_validation_interval(plan.epochs)}",
             ]
             logger.info("training %s (seed %d, %d epochs)", name, seed, plan.epochs)
-            best = train(config_path, overrides)
+            best = train(config_path, overrides, overwrite=True)  # a run never evaluated is redone
             predictor = Predictor.from_checkpoint(best, device="auto")
             prediction_dir = run_dir / "predictions"
             for case in test_cases:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from h2aseg.config import checkpoint_config
+from h2aseg.errors import checkpoint_load_error
 from h2aseg.io import first_line
 from h2aseg.models import build_model
 
@@ -58,7 +59,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many types (pickle, zip, EOF, runtime)
-        raise ValueError(f"{path}: not a readable checkpoint ({first_line(error)})") from error
+        raise ValueError(f"{path}: {checkpoint_load_error(error)}") from error
     saved = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
     config = checkpoint_config(saved, str(path))
     name = config["model"]["name"]

@@ -20,6 +20,7 @@ from torch import nn
 
 from h2aseg.config import InferenceConfig, to_plain
 from h2aseg.data.transforms import PreprocessConfig, body_levels, predict_transforms
+from h2aseg.errors import root_cause
 from h2aseg.inference.checkpoint import load_checkpoint
 from h2aseg.inference.export import CaseResult, Grid, check_case_inputs, check_output_dir, export_case
 from h2aseg.models.registry import check_contract
@@ -209,13 +210,14 @@ class Predictor:
 
         The mask is written on the original PET grid (``grid="pet"``) or the CT file's grid
         (``grid="ct"``) with that file's affine; the lesions are always measured on the PET grid
-        with the original SUV values. All files of the case appear together or not at all.
+        with the original SUV values. Each file appears only once complete (written under a
+        temporary name, then renamed); a case that fails leaves none.
 
         Args:
             ct: CT NIfTI in HU.
             pet: PET NIfTI in SUV.
             out_dir: output folder (created).
-            case_id: prefix of the output files.
+            case_id: prefix of the output files (a plain name: no folder part, not ``.``/``..``).
             grid: ``"pet"`` or ``"ct"``: the grid of the written mask and probabilities.
             save_probabilities: also write ``{case}_prob.nii.gz`` (lesion probability, float32;
                 one volume per foreground class, last axis, for multi-class models).
@@ -226,9 +228,15 @@ class Predictor:
         if grid not in ("pet", "ct"):
             raise ValueError(f"grid must be 'pet' or 'ct', got {grid!r}")
         ct, pet, out_dir = Path(ct), Path(pet), Path(out_dir)
+        if not case_id or case_id in (".", "..") or Path(case_id).name != case_id or "\\" in case_id:
+            raise ValueError(f"case_id {case_id!r}: must be a plain file name prefix (no folder part)")
         check_output_dir(out_dir)
         images = check_case_inputs(ct, pet)
-        data = self.transforms({"case_id": case_id, "patient_id": case_id, "ct": str(ct), "pet": str(pet)})
+        item = {"case_id": case_id, "patient_id": case_id, "ct": str(ct), "pet": str(pet)}
+        try:
+            data = self.transforms(item)
+        except Exception as error:  # MONAI wraps a reader's error (EOFError of a truncated gzip) in its own
+            raise ValueError(f"{ct}, {pet}: cannot be read or preprocessed ({root_cause(error)})") from error
         probabilities = self.predict_volume(data["image"][None])[0]
         labels = self.labels_from(probabilities)
         return export_case(
@@ -268,4 +276,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` → CUDA when available, else CPU; other values as ``torch.device``."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"device {str(device)!r}: not a device (auto, cpu, cuda or cuda:N)") from error
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: CUDA is not available on this machine (use cpu or auto)")
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"device {str(device)!r}: this machine has {count} CUDA device(s)")
+    return chosen

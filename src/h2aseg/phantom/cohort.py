@@ -16,6 +16,7 @@ PET 4 mm on different grids, labels 1 = GTVp, 2 = GTVn).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -269,6 +270,7 @@ def write_cohort(
         raise ValueError(f"{out_dir}: unknown layout {layout!r}: choose autopet, nnunet, hecktor or flat")
     preset = resolve_preset(preset)
     out_dir = Path(out_dir)
+    _claim_cohort_folder(out_dir, {"seed": seed, "layout": layout, "preset": preset.name})
     cases = []
     for entry in cohort_plan(n_cases, seed, layout):
         phantom = make_phantom_case(entry.case_seed, preset, entry.anatomy_seed)
@@ -293,6 +295,30 @@ def write_cohort(
         )
     logger.info("wrote %d %s phantom cases to %s (%s layout)", n_cases, preset.name, out_dir, layout)
     return cases
+
+
+COHORT_MARKER = ".h2aseg-phantom.json"
+"""Seed, layout and preset of the cohort in a folder, so that another cohort is not mixed into it."""
+
+
+def _claim_cohort_folder(out_dir: Path, identity: dict[str, object]) -> None:
+    """Refuse a folder that holds NIfTI files of another cohort (or not of a phantom); mark it as ours."""
+    marker = out_dir / COHORT_MARKER
+    if marker.is_file():
+        written = json.loads(marker.read_text(encoding="utf-8"))
+        differing = [
+            f"{key} {written.get(key)!r}, not {value!r}"
+            for key, value in identity.items()
+            if written.get(key) != value
+        ]
+        if differing:
+            raise ValueError(
+                f"{out_dir}: holds another phantom cohort ({', '.join(differing)}); choose another --out"
+            )
+    elif out_dir.is_dir() and any(out_dir.rglob("*.nii*")):
+        raise ValueError(f"{out_dir}: holds NIfTI files of another dataset; choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(identity), encoding="utf-8")
 
 
 def _pet_and_truth(item: Case | PhantomCase) -> tuple[np.ndarray, np.ndarray]:

@@ -75,7 +75,7 @@ def run_demo(
         overrides.append(f"trainer.max_time_minutes={max_minutes}")
     overrides += list(extra_overrides or [])
     logger.info("training H2ASeg with %s", phantom_config_path())
-    best = train(phantom_config_path(), overrides)
+    best = train(phantom_config_path(), overrides, overwrite=True)  # the demo redoes its own run
     trained = time.perf_counter()
 
     predictor = Predictor.from_checkpoint(best, device="auto")

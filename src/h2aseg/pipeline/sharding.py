@@ -90,18 +90,20 @@ def barrier(rank: Rank) -> None:
 
 
 def write_cohort_summary(out_dir: Path, case_ids: Sequence[str]) -> Path:
-    """``cohort_summary.csv``: one row of case totals per case, read from ``{case}_summary.json``.
+    """``cohort_summary.csv``: one row of case totals per case written, from ``{case}_summary.json``.
 
-    Raises:
-        ValueError: a case whose summary is missing (its rank failed).
+    Cases without a summary (failed: each rank reports its own) are left out and counted in the log.
     """
-    rows = []
+    rows, missing = [], []
     for case_id in case_ids:
         path = Path(out_dir) / f"{case_id}_summary.json"
         if not path.is_file():
-            raise ValueError(f"{path}: missing; the rank that had case {case_id!r} did not finish it")
+            missing.append(case_id)
+            continue
         summary = json.loads(path.read_text())
         rows.append({column: summary.get(column) for column in SUMMARY_COLUMNS})
+    if missing:
+        logger.warning("cohort summary: %d case(s) without results left out: %s", len(missing), missing)
     target = Path(out_dir) / COHORT_SUMMARY
     with atomic_output(target) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)

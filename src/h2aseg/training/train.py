@@ -26,11 +26,20 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from h2aseg.config import CONFIG_FILENAME, resolve_config, save_config, to_plain
-from h2aseg.io import atomic_output
+from h2aseg.data.check import MIN_CT_COVERAGE
+from h2aseg.io import atomic_output, remove_stale_temporaries
 from h2aseg.training.datamodule import PETCTDataModule
 from h2aseg.training.module import SegmentationModule
+from h2aseg.training.preflight import (
+    StopOnNonFiniteLoss,
+    check_network,
+    check_run_folder,
+    check_training_data,
+    clear_run_folder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +101,15 @@ class TimeBudget(Callback):
             trainer.check_val_every_n_epoch = 1
 
 
-def train(config_path: Path, overrides: Sequence[str] = (), resume: bool = False) -> Path:
+def train(
+    config_path: Path,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    *,
+    overwrite: bool = False,
+    allow_non_suv: bool = False,
+    min_ct_coverage: float = MIN_CT_COVERAGE,
+) -> Path:
     """Train the model of a YAML config and return the path of its best checkpoint.
 
     Args:
@@ -100,15 +117,25 @@ def train(config_path: Path, overrides: Sequence[str] = (), resume: bool = False
         overrides: dotted ``key=value`` overrides, e.g. ``["trainer.max_epochs=5", "data.root=data/x"]``.
         resume: continue the run of ``output_dir`` from ``checkpoints/last.ckpt`` (weights, optimiser,
             scheduler, epoch counter); the same config gives the same weights as an uninterrupted run.
+        overwrite, allow_non_suv, min_ct_coverage: as in :func:`run_training`.
 
     Returns:
         ``output_dir/checkpoints/best.ckpt`` (highest ``val/dice``), or ``last.ckpt`` if no validation ran.
 
     Raises:
-        ValueError: bad config, bad dataset, or ``resume`` without a ``last.ckpt``.
+        ValueError: bad config (the key and the file or override named), bad dataset (the file
+            named), a run folder with checkpoints without ``resume`` or ``overwrite``, a resume
+            whose config changes the network or data, or a non-finite training loss.
     """
     config = resolve_config(config_path, overrides)
-    trainer = run_training(config, resume=resume)
+    check_network(config, Path(config_path), overrides)
+    trainer = run_training(
+        config,
+        resume=resume,
+        overwrite=overwrite,
+        allow_non_suv=allow_non_suv,
+        min_ct_coverage=min_ct_coverage,
+    )
     best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best_path:
         return Path(best_path)
@@ -118,35 +145,63 @@ def train(config_path: Path, overrides: Sequence[str] = (), resume: bool = False
 
 
 def run_training(
-    config: Mapping[str, Any], resume: bool = False, callbacks: Sequence[Callback] = ()
+    config: Mapping[str, Any],
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    *,
+    overwrite: bool = False,
+    allow_non_suv: bool = False,
+    min_ct_coverage: float = MIN_CT_COVERAGE,
 ) -> lightning.Trainer:
-    """Seed, save the resolved config, build module, data and trainer, and fit.
+    """Check the run folder and every case, build module, data and trainer, save the config, fit.
+
+    Nothing is written before the checks pass; a run that fails before its first checkpoint
+    removes what it wrote (config, split, logs).
 
     Args:
         config: resolved config (:func:`h2aseg.config.resolve_config`).
-        resume: continue from ``output_dir/checkpoints/last.ckpt``.
+        resume: continue from ``output_dir/checkpoints/last.ckpt`` (same network and data).
         callbacks: extra Lightning callbacks.
+        overwrite: replace a run already in ``output_dir``.
+        allow_non_suv: accept PET whose range is not SUV (other tracers).
+        min_ct_coverage: least fraction of the PET body extent the CT covers per axis (0 = any).
 
     Returns:
         The fitted trainer (``trainer.lightning_module`` holds the final weights).
     """
     config = to_plain(config)
     output_dir = Path(config["output_dir"])
-    last_path = checkpoint_dir(config) / f"{LAST_NAME}.ckpt"
-    if resume and not last_path.is_file():
-        raise ValueError(f"{last_path}: no checkpoint to resume from (train once without resume first)")
+    directory = checkpoint_dir(config)
+    last_path = directory / f"{LAST_NAME}.ckpt"
+    check_run_folder(config, directory, resume, overwrite)
+    check_training_data(config, allow_non_suv, min_ct_coverage)
     lightning.seed_everything(config["seed"], workers=True)
-    if rank_zero_only.rank == 0:
-        save_config(config, output_dir / CONFIG_FILENAME)
-        logger.info("resolved config written to %s", output_dir / CONFIG_FILENAME)
     module = SegmentationModule(config)
     datamodule = PETCTDataModule(config)
-    trainer = build_trainer(config, callbacks)
-    with warnings.catch_warnings():
-        # Lesion-free studies are normal (a third of AutoPET): MONAI warns on every patch drawn from one.
-        warnings.filterwarnings("ignore", message="Num foregrounds 0")
-        warnings.filterwarnings("ignore", message=".*treespec.*deprecated")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=last_path if resume else None)
+    try:
+        trainer = build_trainer(config, [StopOnNonFiniteLoss(), *callbacks])
+    except MisconfigurationException as error:
+        chosen = ", ".join(f"trainer.{key}={config['trainer'][key]}" for key in ("accelerator", "devices"))
+        raise ValueError(f"{chosen}: {str(error).strip().splitlines()[0]}") from error
+    existed = output_dir.exists()
+    if rank_zero_only.rank == 0:
+        remove_stale_temporaries(directory)
+        if overwrite:
+            clear_run_folder(output_dir, keep=config["data"]["split_file"])
+        save_config(config, output_dir / CONFIG_FILENAME)
+        logger.info("resolved config written to %s", output_dir / CONFIG_FILENAME)
+    try:
+        with warnings.catch_warnings():
+            # Lesion-free studies are normal (a third of AutoPET): MONAI warns on every patch drawn from one.
+            warnings.filterwarnings("ignore", message="Num foregrounds 0")
+            warnings.filterwarnings("ignore", message=".*treespec.*deprecated")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=last_path if resume else None)
+    except BaseException:
+        if rank_zero_only.rank == 0 and not any(directory.glob("*.ckpt")):
+            clear_run_folder(output_dir, keep=config["data"]["split_file"])
+            if not existed and output_dir.is_dir() and not any(output_dir.iterdir()):
+                output_dir.rmdir()
+        raise
     return trainer
 
 
