@@ -98,11 +98,25 @@ def phantom(
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same cohort).")] = 0,
     layout: Annotated[str, typer.Option(help="autopet | nnunet | hecktor | flat")] = "autopet",
     preset: Annotated[str, typer.Option(help="small | autopet | hecktor")] = "small",
+    mimics: Annotated[
+        float, typer.Option(help="Mean number of CT-only-separable mimics per case (docs/data.md).")
+    ] = 0.0,
 ) -> None:
     """Write a synthetic PET/CT cohort (CT in HU, PET in SUV, lesion masks) in a real dataset layout."""
-    from h2aseg.phantom.cohort import write_cohort
+    import dataclasses
 
-    written = _run(lambda: write_cohort(out, n_cases=cases, seed=seed, layout=layout, preset=preset))
+    from h2aseg.phantom.cohort import write_cohort
+    from h2aseg.phantom.sampling import resolve_preset
+
+    if mimics < 0:
+        console.print(f"[bold red]error:[/] --mimics must be 0 or more, got {mimics}")
+        raise typer.Exit(code=1)
+
+    def write() -> list:
+        chosen = dataclasses.replace(resolve_preset(preset), mimics_per_case=mimics) if mimics else preset
+        return write_cohort(out, n_cases=cases, seed=seed, layout=layout, preset=chosen)
+
+    written = _run(write)
     console.print(f"wrote {len(written)} cases ({layout} layout, {preset} preset) to {out}")
 
 
