@@ -310,13 +310,25 @@ def analyze(
 def bench(
     speed: Annotated[bool, typer.Option(help="Speed, memory and scaling of every model.")] = False,
     quality: Annotated[bool, typer.Option(help="Paper's Table 1/2 on the synthetic cohort.")] = False,
+    pipeline: Annotated[
+        bool,
+        typer.Option(help="Training patches per second per data-loader worker (AutoPET-sized phantoms)."),
+    ] = False,
     quick: Annotated[bool, typer.Option(help="Tiny sizes: a smoke check in minutes.")] = False,
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("benchmarks/results"),
+    work_dir: Annotated[
+        Path, typer.Option(help="--pipeline: phantoms and their preprocessed cache (kept).")
+    ] = Path("/tmp/h2aseg-bench-pipeline"),
+    label: Annotated[str, typer.Option(help="--pipeline: name of this run in the results file.")] = "after",
 ) -> None:
     """Measure the models on this machine (results as JSON and Markdown)."""
-    if not (speed or quality):
-        console.print("[bold red]error:[/] choose --speed, --quality or both")
+    if not (speed or quality or pipeline):
+        console.print("[bold red]error:[/] choose --speed, --quality, --pipeline or several")
         raise typer.Exit(code=1)
+    if pipeline:
+        from h2aseg.bench.pipeline import run_pipeline_benchmark
+
+        _run(lambda: run_pipeline_benchmark(out, work_dir, label, preset="small" if quick else "autopet"))
     if speed:
         from h2aseg.bench.speed import run_speed_benchmark
 

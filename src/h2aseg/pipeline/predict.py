@@ -29,6 +29,7 @@ from h2aseg.errors import error_line
 from h2aseg.inference.export import CaseResult, Grid, check_output_dir
 from h2aseg.inference.predictor import Predictor, TtaSetting
 from h2aseg.io import remove_stale_temporaries, strip_nifti_suffix
+from h2aseg.pipeline.sharding import Rank, barrier, write_cohort_summary
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,10 @@ def predict(
     :func:`h2aseg.data.layouts.read_dataset` knows; labels not needed), or ``ct_dicom`` +
     ``pet_dicom`` (series folders, converted to NIfTI with SUV in a hidden folder inside
     ``out_dir``, removed afterwards). The checkpoint is loaded and every case validated (readable,
-    finite, CT in HU, PET in SUV, CT covering the PET) before the first window.
+    finite, CT in HU, PET in SUV, CT covering the PET) before the first window. Under ``torchrun``
+    (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` set) each rank segments every ``WORLD_SIZE``-th case
+    of a dataset on its own GPU; rank 0 then writes ``cohort_summary.csv`` (one row per case
+    written) once all ranks are done (see :mod:`h2aseg.pipeline.sharding`).
 
     Args:
         model_path: checkpoint (see :meth:`Predictor.from_checkpoint`).
@@ -112,7 +116,8 @@ def predict(
         allow_different_frames: DICOM: accept CT and PET of different patients or frames of reference.
 
     Returns:
-        One :class:`CaseResult` per case, in input order (skipped cases read back from their files).
+        One :class:`CaseResult` per case of this rank, in input order (skipped cases read back from
+        their files).
 
     Raises:
         ValueError: not exactly one input or half a pair (the arguments of this function named), a
@@ -131,8 +136,9 @@ def predict(
             f"{chosen[0]}: {' and '.join(INPUTS[chosen[0]])} are both needed ({missing[0]} missing)"
         )
     checks = InputChecks(allow_non_suv=allow_non_suv, min_ct_coverage=min_ct_coverage)
+    rank = Rank.from_env()
     predictor = Predictor.from_checkpoint(
-        model_path, device, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta
+        model_path, rank.device(device), overlap=overlap, sw_batch_size=sw_batch_size, tta=tta
     )
     for path in remove_stale_temporaries(out_dir, TEMPORARY_PREFIXES):
         logger.info("removed %s (left by an interrupted run)", path)
@@ -140,7 +146,13 @@ def predict(
         cases = [
             Case(case.case_id, case.patient_id, case.ct, case.pet) for case in read_dataset(Path(dataset))
         ]
-        return _predict_dataset(predictor, cases, out_dir, checks, grid, save_probabilities, overwrite)
+        try:
+            mine = rank.share(cases)
+            return _predict_dataset(predictor, mine, out_dir, checks, grid, save_probabilities, overwrite)
+        finally:  # every rank reaches the barrier, failed cases or not
+            barrier(rank)
+            if rank.rank == 0:
+                write_cohort_summary(out_dir, [case.case_id for case in cases])
     if ct is not None and pet is not None:
         case = Case(case_id_from_path(Path(pet)), "", Path(ct), Path(pet))
         require_valid([case], checks)
