@@ -19,7 +19,7 @@ install: $(BIN)/h2aseg
 demo: install
 	$(BIN)/h2aseg demo --out runs/demo
 
-test: install
+test: install nnunet-env
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 

@@ -22,6 +22,7 @@ COMMANDS = [
     "predict",
     "export",
     "evaluate",
+    "analyze",
     "bench",
 ]
 
@@ -47,6 +48,25 @@ def test_phantom_then_check_data_is_clean(tmp_path: Path) -> None:
     assert len(list((tmp_path / "cohort" / "imagesTr").glob("*_0001.nii.gz"))) == 3
     result = runner.invoke(app, ["check-data", str(tmp_path / "cohort")])
     assert result.exit_code == 0, result.output
+
+
+def test_phantom_mimics_change_the_pet_only(tmp_path: Path) -> None:
+    """``--mimics`` adds hot foci to the PET and leaves the CT and the masks as they were."""
+    for name, extra in (("plain", []), ("mimics", ["--mimics", "3"])):
+        result = runner.invoke(
+            app, ["phantom", "--out", str(tmp_path / name), "--cases", "2", "--layout", "flat", *extra]
+        )
+        assert result.exit_code == 0, result.output
+    for suffix in ("ct", "seg", "pet"):
+        for case in ("phantom_000", "phantom_001"):
+            plain, mimicked = (
+                np.asarray(nib.load(tmp_path / folder / f"{case}_{suffix}.nii.gz").dataobj)
+                for folder in ("plain", "mimics")
+            )
+            assert np.array_equal(plain, mimicked) == (suffix != "pet"), (case, suffix)
+    result = runner.invoke(app, ["phantom", "--out", str(tmp_path / "bad"), "--mimics", "-1"])
+    assert result.exit_code == 1
+    assert "--mimics must be 0 or more" in _error_line(result)
 
 
 def test_check_data_reports_a_missing_partner(tmp_path: Path) -> None:

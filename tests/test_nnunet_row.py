@@ -14,12 +14,17 @@ from h2aseg.bench import nnunet
 from h2aseg.data.layouts import Case
 
 
-def test_trainer_for_steps_picks_the_closest_shipped_budget() -> None:
-    assert nnunet.trainer_for_steps(240) == ("nnUNetTrainer_1epoch", 250)
-    assert nnunet.trainer_for_steps(900) == ("nnUNetTrainer_5epochs", 1250)
-    assert nnunet.trainer_for_steps(2400) == ("nnUNetTrainer_10epochs", 2500)
+@pytest.mark.parametrize("steps", [1, 240, 250, 251, 900, 1000, 1009, 2400])
+def test_budget_schedule_gives_exactly_the_steps_asked(steps: int) -> None:
+    epochs, iterations = nnunet.budget_schedule(steps)
+    assert epochs * iterations == steps
+    assert iterations <= nnunet.ITERATIONS_PER_EPOCH
+    assert epochs == min(n for n in range(1, steps + 1) if steps % n == 0 and steps // n <= 250)
+
+
+def test_budget_schedule_refuses_no_steps() -> None:
     with pytest.raises(ValueError, match="steps"):
-        nnunet.trainer_for_steps(0)
+        nnunet.budget_schedule(0)
 
 
 def _tiny_cases(root: Path, n: int) -> list[Case]:

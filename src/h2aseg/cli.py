@@ -98,11 +98,25 @@ def phantom(
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same cohort).")] = 0,
     layout: Annotated[str, typer.Option(help="autopet | nnunet | hecktor | flat")] = "autopet",
     preset: Annotated[str, typer.Option(help="small | autopet | hecktor")] = "small",
+    mimics: Annotated[
+        float, typer.Option(help="Mean number of CT-only-separable mimics per case (docs/data.md).")
+    ] = 0.0,
 ) -> None:
     """Write a synthetic PET/CT cohort (CT in HU, PET in SUV, lesion masks) in a real dataset layout."""
-    from h2aseg.phantom.cohort import write_cohort
+    import dataclasses
 
-    written = _run(lambda: write_cohort(out, n_cases=cases, seed=seed, layout=layout, preset=preset))
+    from h2aseg.phantom.cohort import write_cohort
+    from h2aseg.phantom.sampling import resolve_preset
+
+    if mimics < 0:
+        console.print(f"[bold red]error:[/] --mimics must be 0 or more, got {mimics}")
+        raise typer.Exit(code=1)
+
+    def write() -> list:
+        chosen = dataclasses.replace(resolve_preset(preset), mimics_per_case=mimics) if mimics else preset
+        return write_cohort(out, n_cases=cases, seed=seed, layout=layout, preset=chosen)
+
+    written = _run(write)
     console.print(f"wrote {len(written)} cases ({layout} layout, {preset} preset) to {out}")
 
 
@@ -306,16 +320,45 @@ def evaluate(
 
 
 @app.command()
+def analyze(
+    model: Annotated[Path, typer.Option(help="Checkpoint of an H2ASeg with TAMW.")],
+    dataset: Annotated[Path, typer.Option(help="A dataset folder in any known layout.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    split: Annotated[Path | None, typer.Option(help="split.json: analyse only its test cases.")] = None,
+    overlap: Annotated[float | None, typer.Option(help="Sliding-window overlap (0-1).")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+) -> None:
+    """What TAMW selects (paper's Table 3 and Fig. 4): tamw_table.md/.json, tamw_features_<case>.png."""
+    from h2aseg.pipeline.analyze import analyze as run_analysis
+    from h2aseg.pipeline.analyze import format_table
+
+    table = _run(lambda: run_analysis(model, dataset, out, split_file=split, device=device, overlap=overlap))
+    Console().print(format_table(table["depths"], table["channels_per_modality"], len(table["cases"])))
+
+
+@app.command()
 def bench(
     speed: Annotated[bool, typer.Option(help="Speed, memory and scaling of every model.")] = False,
     quality: Annotated[bool, typer.Option(help="Paper's Table 1/2 on the synthetic cohort.")] = False,
+    pipeline: Annotated[
+        bool,
+        typer.Option(help="Training patches per second per data-loader worker (AutoPET-sized phantoms)."),
+    ] = False,
     quick: Annotated[bool, typer.Option(help="Tiny sizes: a smoke check in minutes.")] = False,
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("benchmarks/results"),
+    work_dir: Annotated[
+        Path, typer.Option(help="--pipeline: phantoms and their preprocessed cache (kept).")
+    ] = Path("/tmp/h2aseg-bench-pipeline"),
+    label: Annotated[str, typer.Option(help="--pipeline: name of this run in the results file.")] = "after",
 ) -> None:
     """Measure the models on this machine (results as JSON and Markdown)."""
-    if not (speed or quality):
-        console.print("[bold red]error:[/] choose --speed, --quality or both")
+    if not (speed or quality or pipeline):
+        console.print("[bold red]error:[/] choose --speed, --quality, --pipeline or several")
         raise typer.Exit(code=1)
+    if pipeline:
+        from h2aseg.bench.pipeline import run_pipeline_benchmark
+
+        _run(lambda: run_pipeline_benchmark(out, work_dir, label, preset="small" if quick else "autopet"))
     if speed:
         from h2aseg.bench.speed import run_speed_benchmark
 

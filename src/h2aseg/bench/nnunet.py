@@ -15,11 +15,11 @@ the cases and the split of the other rows, and scores its predictions with h2ase
 2. ``nnUNetv2_plan_and_preprocess -c 3d_fullres``, then :func:`write_fold_split` puts the
    benchmark's own train/validation split into ``splits_final.json`` as fold 0, so nnU-Net trains
    and validates on the same cases as the other rows and never sees the test cases.
-3. ``nnUNetv2_train`` with the shipped ``nnUNetTrainer_Xepochs`` variant whose optimizer-step count
-   (epochs x nnU-Net's 250 iterations per epoch) is closest to the other rows' budget
-   (:func:`trainer_for_steps`), seeded (nnU-Net has no seed option: the launcher seeds Python,
-   NumPy and torch, then calls nnU-Net's own entry point; data augmentation runs in the main
-   process, ``nnUNet_n_proc_DA=0``, so the seed decides it).
+3. ``nnUNetv2_train`` with a trainer variant that trains for exactly the other rows' optimizer steps
+   (:func:`install_budget_trainer`: nnU-Net's default trainer with fewer epochs and iterations per
+   epoch, the way its own ``nnUNetTrainer_Xepochs`` variants shorten training), seeded (nnU-Net has
+   no seed option: the launcher seeds Python, NumPy and torch, then calls nnU-Net's own entry
+   point; data augmentation runs in the main process, ``nnUNet_n_proc_DA=0``, so the seed decides it).
 4. ``nnUNetv2_predict`` (nnU-Net's defaults: Gaussian sliding window, mirror TTA) on ``imagesTs``.
 
 Everything is cached per seed (a finished step is not redone), so the row can be completed over
@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from h2aseg.io import write_text_atomic
@@ -46,14 +47,11 @@ logger = logging.getLogger(__name__)
 
 NNUNET_VERSION = "2.6.4"
 """The nnunetv2 release the benchmark was written and run against (the ``nnunet`` extra pins it)."""
-NNUNET_ROW = "nnU-Net v2 (3d_fullres)"
 DATASET_ID = 901
 DATASET_NAME = f"Dataset{DATASET_ID:03d}_H2ASegPhantom"
 CONFIGURATION = "3d_fullres"
 ITERATIONS_PER_EPOCH = 250
 """nnU-Net's ``num_iterations_per_epoch``: optimizer steps in one of its epochs."""
-SHIPPED_EPOCH_VARIANTS = (1, 5, 10, 20, 50, 100, 250, 300, 500, 750, 2000, 4000, 8000)
-"""Epoch counts of the ``nnUNetTrainer_Xepochs`` trainers that nnU-Net ships (``1`` -> ``_1epoch``)."""
 DEFAULT_TRAINER = "nnUNetTrainer"
 """nnU-Net's default trainer: 1000 epochs x 250 iterations (the GPU reference budget)."""
 
@@ -117,18 +115,56 @@ def require_nnunet(env_dir: Path) -> str:
     return version
 
 
-def trainer_for_steps(steps: int) -> tuple[str, int]:
-    """The shipped trainer whose optimizer-step count is closest to ``steps``, and that count.
+def budget_schedule(steps: int) -> tuple[int, int]:
+    """nnU-Net epochs and iterations per epoch giving exactly ``steps`` optimizer steps: the fewest
+    epochs whose iterations per epoch divide ``steps`` and do not exceed nnU-Net's 250.
 
     Example:
-        >>> trainer_for_steps(240)
-        ('nnUNetTrainer_1epoch', 250)
+        >>> budget_schedule(1000)
+        (4, 250)
+        >>> budget_schedule(900)
+        (4, 225)
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    epochs = min(SHIPPED_EPOCH_VARIANTS, key=lambda n: (abs(n * ITERATIONS_PER_EPOCH - steps), n))
-    name = "nnUNetTrainer_1epoch" if epochs == 1 else f"nnUNetTrainer_{epochs}epochs"
-    return name, epochs * ITERATIONS_PER_EPOCH
+    epochs = next(n for n in range(math.ceil(steps / ITERATIONS_PER_EPOCH), steps + 1) if steps % n == 0)
+    return epochs, steps // epochs
+
+
+def budget_trainer_name(steps: int) -> str:
+    """Name of the trainer variant that trains for exactly ``steps`` optimizer steps."""
+    return f"nnUNetTrainer_{steps}steps"
+
+
+def install_budget_trainer(env_dir: Path, steps: int) -> str:
+    """Add the trainer variant ``nnUNetTrainer_{steps}steps`` to the nnU-Net of ``env_dir``; its name.
+
+    nnU-Net finds trainers by class name inside its own package (``nnUNetv2_train -tr NAME``), and its
+    documented way to change the training length is a trainer subclass, as its shipped
+    ``nnUNetTrainer_Xepochs`` variants do (in multiples of 250 steps). This one sets the epochs and
+    iterations per epoch of :func:`budget_schedule`; everything else is nnU-Net's default trainer.
+    The file goes into the benchmark's own nnU-Net environment, never into h2aseg's.
+    """
+    epochs, iterations = budget_schedule(steps)
+    name = budget_trainer_name(steps)
+    probe = "import nnunetv2, os; print(os.path.dirname(nnunetv2.__file__))"
+    result = subprocess.run(
+        [str(environment_python(env_dir)), "-c", probe], capture_output=True, text=True, check=True
+    )
+    folder = Path(result.stdout.strip()) / "training" / "nnUNetTrainer" / "variants" / "h2aseg_budget"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / "__init__.py", "")
+    source = (
+        f'"""Written by h2aseg\'s quality benchmark: nnU-Net\'s default trainer for {steps} steps."""\n\n'
+        "from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer\n\n\n"
+        f"class {name}(nnUNetTrainer):\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        super().__init__(*args, **kwargs)\n"
+        f"        self.num_epochs = {epochs}\n"
+        f"        self.num_iterations_per_epoch = {iterations}\n"
+    )
+    write_text_atomic(folder / f"{name}.py", source)
+    return name
 
 
 def nnunet_environment(work_dir: Path, results_dir: Path, augmentation_processes: int = 1) -> dict[str, str]:
@@ -282,65 +318,97 @@ def train_and_predict(
     return timings
 
 
+_COUNT_PARAMETERS = (
+    "import sys, torch\n"
+    # nnU-Net's own checkpoint, read in nnU-Net's environment the way nnU-Net reads it (its training
+    # log holds NumPy scalars, which weights_only=True refuses); only the tensor count leaves it.
+    "checkpoint = torch.load(sys.argv[1], map_location='cpu', weights_only=False)\n"
+    "print(sum(t.numel() for t in checkpoint['network_weights'].values()))\n"
+)
+
+
+def count_parameters(env_dir: Path, checkpoint: Path) -> int:
+    """Parameters of the network in an nnU-Net checkpoint, counted in nnU-Net's environment."""
+    result = subprocess.run(
+        [str(environment_python(env_dir)), "-c", _COUNT_PARAMETERS, str(checkpoint)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return int(result.stdout.strip().splitlines()[-1])
+
+
 def run_nnunet_row(
     work_dir: Path,
     cases: Sequence,
-    split: object,
+    split: dict[str, list[str]],
     truth_dir: Path,
     seeds: Sequence[int],
     steps: int,
     env_dir: Path,
     device: str = "cpu",
     trainer: str | None = None,
+    on_record: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """The nnU-Net row of the quality table: one evaluated summary per seed.
+    """The nnU-Net row of the quality table: one run record per seed, in the quality benchmark's format.
 
     Args:
         work_dir: the quality benchmark's work folder (nnU-Net's folders go to ``work_dir/nnunet``).
         cases: the benchmark cohort.
-        split: its :class:`h2aseg.data.splits.Split` (``train``, ``val``, ``test`` case ids).
+        split: its split (``{"train", "val", "test"}`` case ids).
         truth_dir: the test cases' ground-truth masks (as for every other row).
         seeds: training seeds.
-        steps: the other rows' optimizer-step budget (the closest shipped trainer is used).
+        steps: the other rows' optimizer-step budget (nnU-Net trains exactly as many).
         env_dir: the nnU-Net environment (:func:`make_environment`).
         device: ``cpu`` or ``cuda``.
-        trainer: an nnU-Net trainer name instead (e.g. ``nnUNetTrainer``, the 1000-epoch default).
+        trainer: an nnU-Net trainer name instead (e.g. ``nnUNetTrainer``, its 1000-epoch default).
+        on_record: called with each newly finished record (the benchmark rewrites its tables there).
 
     Returns:
-        Per seed, the summary of :func:`h2aseg.evaluation.evaluate.evaluate_folder` plus an
-        ``"nnunet"`` block: trainer, steps, planned network, version, wall times.
+        Per seed, a record as the other rows' (``summary`` of ``evaluate_folder``, ``per_case_dice``,
+        ``parameters``, ``steps``, ``planned_steps``, ``train_s``, ``wall_s``) plus an ``nnunet``
+        block (version, trainer, planned patch and network, stage times).
     """
+    from h2aseg.bench.quality import per_case_dice
     from h2aseg.evaluation.evaluate import evaluate_folder
 
     version = require_nnunet(env_dir)
     root = Path(work_dir) / "nnunet"
-    train_ids = list(split.train) + list(split.val)
-    export_raw_dataset(cases, train_ids, list(split.test), root / "nnUNet_raw")
+    train_ids = [*split["train"], *split["val"]]
+    export_raw_dataset(cases, train_ids, list(split["test"]), root / "nnUNet_raw")
     started = time.perf_counter()
     plans = plan_and_preprocess(root, env_dir)
-    write_fold_split(split.train, split.val, root / "nnUNet_preprocessed")
+    write_fold_split(split["train"], split["val"], root / "nnUNet_preprocessed")
     plan_seconds = time.perf_counter() - started
-    name, trainer_steps = (trainer, None) if trainer else trainer_for_steps(steps)
-    summaries = []
+    name = trainer or install_budget_trainer(env_dir, steps)
+    epochs, iterations = budget_schedule(steps) if trainer is None else (None, None)
+    records = []
     for seed in seeds:
         run_dir = root / f"{name}_seed{seed}"
-        finished = run_dir / "row.json"
+        finished = run_dir / "result.json"
         if finished.is_file():
-            summaries.append(json.loads(finished.read_text()))
+            records.append(json.loads(finished.read_text()))
             continue
+        started = time.perf_counter()
         timings = train_and_predict(root, env_dir, seed, name, run_dir / "predictions", device=device)
-        summary = dict(evaluate_folder(run_dir / "predictions", truth_dir, run_dir / "evaluation"))
-        summary["nnunet"] = {
-            "version": version,
-            "trainer": name,
-            "steps": trainer_steps,
-            "requested_steps": steps,
-            "seed": seed,
-            "device": device,
-            "plan_and_preprocess_s": plan_seconds,
-            **timings,
-            **planned_network(plans),
-        }
-        write_text_atomic(finished, json.dumps(summary, indent=2) + "\n")
-        summaries.append(summary)
-    return summaries
+        summary = evaluate_folder(run_dir / "predictions", truth_dir, run_dir / "evaluation")
+        model_dir = (
+            root / f"nnUNet_results_seed{seed}" / DATASET_NAME / f"{name}__nnUNetPlans__{CONFIGURATION}"
+        )
+        record = {
+            "summary": summary,
+            "per_case_dice": per_case_dice(run_dir / "evaluation"),
+            "parameters": count_parameters(env_dir, model_dir / "fold_0" / "checkpoint_final.pth"),
+            "steps": steps if trainer is None else None,
+            "planned_steps": steps if trainer is None else None,
+            "train_s": timings.get("train_s", 0.0),
+            "wall_s": time.perf_counter() - started,
+            "nnunet": {
+                "version": version, "trainer": name, "epochs": epochs, "iterations_per_epoch": iterations,
+                "seed": seed, "device": device, "plan_and_preprocess_s": plan_seconds, **timings,
+                **planned_network(plans),
+            },
+        }  # fmt: skip
+        write_text_atomic(finished, json.dumps(record, indent=2) + "\n")
+        records.append(record)
+        if on_record is not None:
+            on_record(record)
+    return records

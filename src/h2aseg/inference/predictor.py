@@ -19,7 +19,7 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from h2aseg.config import InferenceConfig, to_plain
-from h2aseg.data.transforms import PreprocessConfig, predict_transforms
+from h2aseg.data.transforms import PreprocessConfig, body_levels, predict_transforms
 from h2aseg.errors import root_cause
 from h2aseg.inference.checkpoint import load_checkpoint
 from h2aseg.inference.export import CaseResult, Grid, check_case_inputs, check_output_dir, export_case
@@ -63,6 +63,8 @@ class Predictor:
         tta: flip test-time augmentation: ``True`` averages the identity and all 7 flip
             combinations of the X, Y, Z axes, ``False`` the identity only, a list of axis tuples
             (``[(0,), (0, 1)]``, 0 = X) the identity and those flips; ``None`` takes the config's.
+        skip_air: windows that hold only air (nothing above the preprocessing's body thresholds)
+            are not run and get background probabilities.
 
     Example:
         >>> predictor = Predictor.from_checkpoint("runs/demo/checkpoints/best.ckpt")
@@ -78,6 +80,7 @@ class Predictor:
         overlap: float | None = None,
         sw_batch_size: int | None = None,
         tta: TtaSetting = None,
+        skip_air: bool = True,
     ) -> None:
         config = to_plain(config)
         self.config = config
@@ -98,6 +101,8 @@ class Predictor:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.transforms = predict_transforms(self.preprocess)
+        self.skip_air = skip_air
+        self.body_levels = torch.tensor(body_levels(self.preprocess), device=self.device).view(1, 2)
         self.classes = {
             int(label): str(name) for label, name in (config.get("classes") or {}).items()
         } or None
@@ -131,28 +136,57 @@ class Predictor:
             image: ``(1, 2, X, Y, Z)`` float (CT, PET as scaled by the preprocessing).
 
         Returns:
-            float32 CPU tensor ``(1, out_channels, X, Y, Z)``: softmax or sigmoid of the
-            Gaussian-blended window logits, averaged over the TTA flips.
+            float32 CPU tensor ``(1, out_channels, X, Y, Z)``: the Gaussian-blended window
+            probabilities (softmax or sigmoid, averaged over the TTA flips within each window;
+            see :meth:`window_probabilities`).
         """
         if image.ndim != 5 or image.shape[:2] != (1, 2):
             raise ValueError(f"image must be (1, 2, X, Y, Z), got {tuple(image.shape)}")
         image = torch.as_tensor(image).as_subclass(torch.Tensor).to(self.device, torch.float32)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        total = torch.zeros((1, self.out_channels, *image.shape[2:]), device=self.device)
         with torch.inference_mode(), autocast:
-            for axes in self.flips:
-                dims = [axis + 2 for axis in axes]
-                logits = sliding_window_logits(
-                    self.model,
-                    image.flip(dims) if dims else image,
-                    self.roi_size,
-                    self.sw_batch_size,
-                    self.overlap,
-                    self.blend_mode,
-                )
-                probabilities = self._activate(logits.float())
-                total += probabilities.flip(dims) if dims else probabilities
-        return (total / len(self.flips)).cpu()
+            probabilities = sliding_window_inference(
+                image,
+                roi_size=self.roi_size,
+                sw_batch_size=self.sw_batch_size,
+                predictor=self.window_probabilities,
+                overlap=self.overlap,
+                mode=self.blend_mode,
+            )
+        return torch.as_tensor(probabilities).as_subclass(torch.Tensor).float().cpu()
+
+    def window_probabilities(self, windows: torch.Tensor) -> torch.Tensor:
+        """Probabilities of a batch of windows, averaged over the TTA flips, air windows skipped.
+
+        Every flip of every window that holds body goes through the network in one batch
+        (``B × len(flips)`` windows); a window with no voxel above the body thresholds of the
+        preprocessing (CT above -500 HU or PET above 0.2 SUV by default: only air) is not run
+        and gets the background probabilities (1 for class 0, or 0 for a sigmoid).
+
+        Args:
+            windows: ``(B, 2, x, y, z)`` float, on the predictor's device.
+
+        Returns:
+            float32 ``(B, out_channels, x, y, z)``.
+        """
+        probabilities = torch.zeros(
+            (windows.shape[0], self.out_channels, *windows.shape[2:]), device=windows.device
+        )
+        if self.activation == "softmax":
+            probabilities[:, 0] = 1.0
+        if self.skip_air:
+            body = (windows.amax(dim=(2, 3, 4)) > self.body_levels.to(windows.device)).any(dim=1)
+        else:
+            body = torch.ones(windows.shape[0], dtype=torch.bool, device=windows.device)
+        if not bool(body.any()):
+            return probabilities
+        kept = windows[body]
+        dims = [[axis + 2 for axis in axes] for axes in self.flips]
+        logits = self.model(torch.cat([kept.flip(d) if d else kept for d in dims]))
+        flipped = self._activate(torch.as_tensor(logits).float()).split(len(kept))
+        total = sum(p.flip(d) if d else p for p, d in zip(flipped, dims, strict=True))
+        probabilities[body] = total / len(dims)
+        return probabilities
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits, dim=1) if self.activation == "softmax" else torch.sigmoid(logits)

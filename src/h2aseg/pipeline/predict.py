@@ -31,6 +31,7 @@ from h2aseg.inference.ensemble import load_ensemble
 from h2aseg.inference.export import CaseResult, Grid, check_output_dir
 from h2aseg.inference.predictor import Predictor, TtaSetting
 from h2aseg.io import remove_stale_temporaries, strip_nifti_suffix
+from h2aseg.pipeline.sharding import Rank, barrier, write_cohort_summary
 from h2aseg.report import write_report
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,10 @@ def predict(
     :func:`h2aseg.data.layouts.read_dataset` knows; labels not needed), or ``ct_dicom`` +
     ``pet_dicom`` (series folders, converted to NIfTI with SUV in a hidden folder inside
     ``out_dir``, removed afterwards). The checkpoint is loaded and every case validated (readable,
-    finite, CT in HU, PET in SUV, CT covering the PET) before the first window.
+    finite, CT in HU, PET in SUV, CT covering the PET) before the first window. Under ``torchrun``
+    (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` set) each rank segments every ``WORLD_SIZE``-th case
+    of a dataset on its own GPU; rank 0 then writes ``cohort_summary.csv`` (one row per case
+    written) once all ranks are done (see :mod:`h2aseg.pipeline.sharding`).
 
     Args:
         model_path: checkpoint (see :meth:`Predictor.from_checkpoint`) or exported ``.onnx`` /
@@ -122,9 +126,10 @@ def predict(
         allow_different_frames: DICOM: accept CT and PET of different patients or frames of reference.
 
     Returns:
-        One :class:`CaseResult` per case, in input order (skipped cases read back from their files);
-        ``report.html`` in ``out_dir`` shows them all (:func:`h2aseg.report.write_report`; also
-        written, for the cases that succeeded, when some of a dataset fail).
+        One :class:`CaseResult` per case of this rank, in input order (skipped cases read back from
+        their files); ``report.html`` in ``out_dir`` shows them all (:func:`h2aseg.report.write_report`;
+        also written, for the cases that succeeded, when some of a dataset fail; ``report_rank{N}.html``
+        per rank under ``torchrun``).
 
     Raises:
         ValueError: not exactly one input or half a pair (the arguments of this function named), a
@@ -154,8 +159,12 @@ def predict(
                 f"dicom_seg needs highdicom: pip install 'h2aseg[dicom-seg]' ({error})"
             ) from error
         read_source_series(Path(source_dicom))  # a bad source folder fails before the prediction
+    rank = Rank.from_env()
     paths = [model_path] if isinstance(model_path, (str, Path)) else list(model_path)
-    predictor = load_ensemble(paths, device, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta)
+    predictor = load_ensemble(
+        paths, rank.device(device), overlap=overlap, sw_batch_size=sw_batch_size, tta=tta
+    )
+    report = out_dir / ("report.html" if rank.world_size == 1 else f"report_rank{rank.rank}.html")
     for path in remove_stale_temporaries(out_dir, TEMPORARY_PREFIXES):
         logger.info("removed %s (left by an interrupted run)", path)
     if dataset is not None:
@@ -163,10 +172,15 @@ def predict(
             Case(case.case_id, case.patient_id, case.ct, case.pet) for case in read_dataset(Path(dataset))
         ]
         try:
-            results = _predict_dataset(predictor, cases, out_dir, checks, grid, save_probabilities, overwrite)
+            mine = rank.share(cases)
+            results = _predict_dataset(predictor, mine, out_dir, checks, grid, save_probabilities, overwrite)
         except CasesFailed as failed:
-            write_report(out_dir / "report.html", failed.results, predictor.config, paths)
+            write_report(report, failed.results, predictor.config, paths)
             raise
+        finally:  # every rank reaches the barrier, failed cases or not
+            barrier(rank)
+            if rank.rank == 0:
+                write_cohort_summary(out_dir, [case.case_id for case in cases])
     elif ct is not None and pet is not None:
         case = Case(case_id_from_path(Path(pet)), "", Path(ct), Path(pet))
         require_valid([case], checks)
@@ -196,7 +210,7 @@ def predict(
         for result in results:
             out = out_dir / f"{result.case_id}_seg.dcm"
             write_dicom_seg(result.mask, Path(source_dicom), out, predictor.config.get("classes"))
-    write_report(out_dir / "report.html", results, predictor.config, paths)
+    write_report(report, results, predictor.config, paths)
     return results
 
 

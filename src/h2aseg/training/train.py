@@ -96,7 +96,11 @@ class TimeBudget(Callback):
         """Request the stop (and a validation of this epoch) once the budget is spent."""
         spent = time.monotonic() - self.started >= self.seconds
         if trainer.strategy.reduce_boolean_decision(spent, all=False):
-            logger.info("time budget of %.1f min spent: validating and stopping", self.seconds / 60)
+            logger.warning(
+                "SAFETY LIMIT: the time budget of %.1f min cut training at step %d (validating and stopping)",
+                self.seconds / 60,
+                trainer.global_step,
+            )
             trainer.should_stop = True
             trainer.check_val_every_n_epoch = 1
 
