@@ -97,7 +97,10 @@ def test_predict_with_onnx_gives_the_checkpoints_mask(files: dict, phantom: tupl
     masks = {kind: np.asarray(nib.load(result.mask).dataobj) for kind, result in results.items()}
     probabilities = {kind: nib.load(result.probabilities).get_fdata() for kind, result in results.items()}
     np.testing.assert_allclose(probabilities["onnx"], probabilities["ckpt"], atol=1e-4)
-    np.testing.assert_array_equal(masks["onnx"], masks["ckpt"])
+    # Float rounding (~1e-6) can only flip a voxel whose lesion probability sits at the 0.5 boundary.
+    undecided = np.abs(probabilities["ckpt"] - 0.5) < 1e-4
+    assert undecided.mean() < 1e-3
+    np.testing.assert_array_equal(masks["onnx"][~undecided], masks["ckpt"][~undecided])
     assert 0 < masks["ckpt"].sum() < masks["ckpt"].size  # a random network: some voxels of each label
 
 

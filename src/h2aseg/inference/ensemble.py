@@ -67,7 +67,7 @@ class EnsemblePredictor(Predictor):
         """Mean over the members of :meth:`Predictor.predict_volume`, ``(1, out_channels, X, Y, Z)``."""
         total = self.members[0].predict_volume(image)
         for member in self.members[1:]:
-            total += member.predict_volume(image)
+            total = total + member.predict_volume(image)  # not in place: inference tensors
         return total / len(self.members)
 
 
