@@ -25,7 +25,18 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-PAPER_ROWS = ["unet3d", "vnet", "resunet3d", "unetr", "swin-unetr", "dynunet", "segresnet"]
+PAPER_ROWS = [
+    "unet3d",
+    "vnet",
+    "resunet3d",
+    "unetr",
+    "swin-unetr",
+    "dynunet",
+    "segresnet",
+    "nestedformer",
+    "a2fseg",
+    "sdb",
+]
 ABLATION_ROWS = ["h2aseg-baseline", "h2aseg-mcsa", "h2aseg-tamw", "h2aseg"]
 THRESHOLD_ROW = "SUV ≥ 2.5 threshold"
 PET_ONLY_ROW = "h2aseg-pet-only"
@@ -83,6 +94,10 @@ REDUCED_BASELINES: dict[str, dict[str, object]] = {
     "swin-unetr": {"feature_size": 12},
     "dynunet": {"filters": [8, 16, 32, 64, 128], "spacing_mm": [4.0, 4.0, 4.0]},
     "segresnet": {"init_filters": 8},
+    # The multi-modal baselines at half their widths, like H2ASeg's 4 → 64 per modality.
+    "nestedformer": {"features": [8, 8, 16, 32, 64, 8]},
+    "a2fseg": {"filters": [8, 16, 32, 64, 128], "spacing_mm": [4.0, 4.0, 4.0]},
+    "sdb": {"features": [8, 16, 32, 64, 128]},
 }
 
 
@@ -98,8 +113,10 @@ def _model_overrides(name: str, config_path: Path) -> list[str]:
         model_args = dict(REDUCED_BASELINES.get(name, {}))
     if name == "unetr":
         model_args["img_size"] = patch
-    if name == "dynunet":
+    if name in {"dynunet", "a2fseg"}:
         model_args["patch_size"] = patch
+    if name == "nestedformer":
+        model_args["reference_size"] = patch
     return [f"model.name={name}"] + [f"model.{key}={json.dumps(value)}" for key, value in model_args.items()]
 
 

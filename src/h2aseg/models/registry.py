@@ -48,4 +48,4 @@ def build_model(name: str, **cfg: object) -> nn.Module:
 
 def _import_all() -> None:
     """Import the modules whose decorators fill the registry."""
-    from h2aseg.models import baselines, h2aseg, variants  # noqa: F401
+    from h2aseg.models import a2fseg, baselines, h2aseg, nestedformer, sdb, variants  # noqa: F401
