@@ -17,7 +17,7 @@ from h2aseg.evaluation.metrics import compute_case_metrics
 SPACING = (2.0, 3.0, 4.0)
 AFFINE = np.diag([*SPACING, 1.0])
 SHAPE = (8, 8, 6)
-KEYS = ["dice", "hd95", "precision", "recall", "fpv_ml", "fnv_ml", "dice_agg"]
+KEYS = ["classes", "n_cases", "dice", "hd95", "precision", "recall", "fpv_ml", "fnv_ml", "dice_agg"]
 
 
 def save(mask: np.ndarray, path: Path, affine: np.ndarray = AFFINE) -> None:
@@ -28,7 +28,7 @@ def save(mask: np.ndarray, path: Path, affine: np.ndarray = AFFINE) -> None:
 def cohort() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """case -> (prediction, truth): a partial hit, a lesion-free case with a false positive, a miss."""
     truth_a = np.zeros(SHAPE, dtype=np.uint8)
-    truth_a[1:4, 1:4, 1:3] = 2  # HECKTOR-style label 2: binarised to lesion
+    truth_a[1:4, 1:4, 1:3] = 1
     pred_a = np.zeros(SHAPE, dtype=np.uint8)
     pred_a[2:4, 1:4, 1:3] = 1
     pred_a[7, 7, 5] = 1
@@ -63,11 +63,14 @@ def test_round_trip_summary_csv_json(folders: tuple[Path, Path], tmp_path: Path)
     a = expected["a"]
 
     assert list(summary) == KEYS
+    assert summary["n_cases"] == 3 and list(summary["classes"]) == ["lesion"]
+    assert summary["classes"]["lesion"] == {"label": 1, **{key: summary[key] for key in KEYS[2:]}}
     # by hand: a has |G| = 18, |P| = 12 + 1, |P ∩ G| = 12
     assert a.dice == pytest.approx(24 / 31)
     half_dice, half_precision = 12 / 31, 12 / 13 / 2  # mean and std of {x, 0} are both x / 2
     assert summary["dice"] == {"mean": pytest.approx(half_dice), "std": pytest.approx(half_dice), "n": 2}
-    assert summary["hd95"]["n"] == 1 and summary["hd95"]["mean"] == pytest.approx(a.hd95_mm)
+    assert summary["hd95"]["n"] == 2
+    assert summary["hd95"]["mean"] == pytest.approx((a.hd95_mm + expected["c"].hd95_mm) / 2)
     precision = {"mean": pytest.approx(half_precision), "std": pytest.approx(half_precision), "n": 2}
     assert summary["precision"] == precision
     assert summary["recall"]["n"] == 2 and summary["recall"]["mean"] == pytest.approx((12 / 18 + 0) / 2)
@@ -85,17 +88,19 @@ def test_round_trip_summary_csv_json(folders: tuple[Path, Path], tmp_path: Path)
     for row in rows:
         case = expected[row["case_id"]]
         for field, value in case.as_dict().items():
-            assert float(row[field]) == pytest.approx(value, nan_ok=True), (row["case_id"], field)
-    assert math.isnan(float(rows[2]["hd95_mm"]))
+            assert float(row[f"lesion_{field}"]) == pytest.approx(value, nan_ok=True), (row["case_id"], field)
+    assert math.isnan(float(rows[1]["lesion_dice"]))  # no lesion: undefined, never 1.0
+    diagonal = math.hypot(7 * 2.0, 7 * 3.0, 5 * 4.0)  # missed lesion: the grid's diagonal in mm
+    assert float(rows[2]["lesion_hd95_mm"]) == pytest.approx(diagonal)
     assert not list(out_dir.glob(".tmp-*"))
 
 
 def test_format_summary_table(folders: tuple[Path, Path]) -> None:
     table = format_summary_table(evaluate_folder(*folders), method="H2ASeg")
     header, rule, row = table.splitlines()
-    assert header.startswith("| Method | Dice (%) | HD95 (mm) | Precision (%) | Recall (%)")
-    assert rule.count("---") == 9
-    assert row.startswith(f"| H2ASeg | {100 * 12 / 31:.2f} ± {100 * 12 / 31:.2f} |")
+    assert header.startswith("| Method | Class | Dice (%) | HD95 (mm) | Precision (%) | Recall (%)")
+    assert rule.count("---") == 10
+    assert row.startswith(f"| H2ASeg | lesion (1) | {100 * 12 / 31:.2f} ± {100 * 12 / 31:.2f} |")
     assert row.endswith("| 3 (2) |")
 
 
@@ -121,12 +126,16 @@ def test_missing_prediction_names_the_case(folders: tuple[Path, Path]) -> None:
 def test_shape_and_affine_mismatch_name_both_files(folders: tuple[Path, Path]) -> None:
     pred_dir, gt_dir = folders
     save(np.zeros((8, 8, 5)), pred_dir / "b_seg.nii.gz")
-    with pytest.raises(ValueError, match=r"b_seg.nii.gz has shape \(8, 8, 5\) but .*b_seg.nii.gz has shape"):
+    with pytest.raises(
+        ValueError, match=r"b_seg.nii.gz and .*b_seg.nii.gz are on different grids \(shape \(8, 8, 5\)"
+    ):
         evaluate_folder(pred_dir, gt_dir)
     shifted = AFFINE.copy()
     shifted[0, 3] = 1.0
     save(np.zeros(SHAPE), pred_dir / "b_seg.nii.gz", shifted)
-    with pytest.raises(ValueError, match=r"pred/b_seg.nii.gz and .*gt/b_seg.nii.gz have different affines"):
+    with pytest.raises(
+        ValueError, match=r"pred/b_seg.nii.gz and .*gt/b_seg.nii.gz are on different grids \(aff"
+    ):
         evaluate_folder(pred_dir, gt_dir)
 
 

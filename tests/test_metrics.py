@@ -15,6 +15,7 @@ from h2aseg.evaluation.metrics import (
     dice,
     false_negative_volume_ml,
     false_positive_volume_ml,
+    grid_diagonal_mm,
     hd95,
     precision,
     recall,
@@ -47,7 +48,9 @@ def test_overlap_metrics_by_hand() -> None:
 def test_both_empty() -> None:
     empty = np.zeros((4, 4, 4), dtype=bool)
     case = compute_case_metrics(empty, empty, SPACING)
-    assert (case.dice, case.hd95_mm, case.fpv_ml, case.fnv_ml) == (1.0, 0.0, 0.0, 0.0)
+    assert (case.hd95_mm, case.fpv_ml) == (0.0, 0.0)
+    # autoPET III: Dice and FNV are undefined without a true lesion (never 1.0)
+    assert math.isnan(case.dice) and math.isnan(case.fnv_ml)
     assert math.isnan(case.precision) and math.isnan(case.recall)
     assert not case.has_lesion
 
@@ -56,7 +59,9 @@ def test_empty_prediction() -> None:
     truth = mask_with((4, 4, 4), [(1, 1, 1), (1, 1, 2)])
     case = compute_case_metrics(np.zeros_like(truth), truth, SPACING)
     assert case.dice == 0.0 and case.recall == 0.0
-    assert math.isnan(case.hd95_mm) and math.isnan(case.precision)
+    assert math.isnan(case.precision)
+    # one side empty: HD95 is the grid diagonal |(4-1, 4-1, 4-1) * (2, 3, 4)| mm
+    assert case.hd95_mm == pytest.approx(math.sqrt(6**2 + 9**2 + 12**2), rel=1e-9)
     assert case.fnv_ml == pytest.approx(2 * VOXEL_ML)
     assert case.fpv_ml == 0.0
 
@@ -64,10 +69,10 @@ def test_empty_prediction() -> None:
 def test_empty_truth() -> None:
     pred = mask_with((4, 4, 4), [(0, 0, 0), (3, 3, 3), (3, 3, 2)])
     case = compute_case_metrics(pred, np.zeros_like(pred), SPACING)
-    assert case.dice == 0.0 and case.precision == 0.0
-    assert math.isnan(case.hd95_mm) and math.isnan(case.recall)
+    assert case.precision == 0.0
+    assert math.isnan(case.dice) and math.isnan(case.recall) and math.isnan(case.fnv_ml)
+    assert case.hd95_mm == pytest.approx(grid_diagonal_mm((4, 4, 4), SPACING))
     assert case.fpv_ml == pytest.approx(3 * VOXEL_ML)
-    assert case.fnv_ml == 0.0
 
 
 def test_fpv_uses_18_connectivity() -> None:
@@ -136,12 +141,20 @@ def test_aggregated_dice_by_hand() -> None:
     pred_a = mask_with((4, 4, 4), [(0, 0, 0), (0, 0, 1)])
     truth_b = np.zeros((4, 4, 4), dtype=bool)
     pred_b = mask_with((4, 4, 4), [(3, 3, 3)])
-    # 2 * (2 + 0) / ((2 + 3) + (1 + 0)) = 4 / 6, whereas the mean of the per-case Dice is (0.8 + 0) / 2
+    # one spacing: 2 * (2 + 0) / ((2 + 3) + (1 + 0)) = 4 / 6; the positive case's own Dice is 0.8
     expected = 4 / 6
-    assert aggregated_dice([(pred_a, truth_a), (pred_b, truth_b)]) == pytest.approx(expected)
+    assert aggregated_dice([(pred_a, truth_a, SPACING), (pred_b, truth_b, SPACING)]) == pytest.approx(
+        expected
+    )
     cases = [compute_case_metrics(p, t, SPACING) for p, t in [(pred_a, truth_a), (pred_b, truth_b)]]
     assert aggregated_dice_of_cases(cases) == pytest.approx(expected)
-    assert aggregated_dice([(truth_b, truth_b)]) == 1.0
+    # HECKTOR sums volumes in mm³: case b at 8x the voxel volume weighs 8x: 2 * 2 / (5 + 8 * 1)
+    big = (4.0, 6.0, 8.0)
+    assert aggregated_dice([(pred_a, truth_a, SPACING), (pred_b, truth_b, big)]) == pytest.approx(4 / 13)
+    mixed = [compute_case_metrics(pred_a, truth_a, SPACING), compute_case_metrics(pred_b, truth_b, big)]
+    assert aggregated_dice_of_cases(mixed) == pytest.approx(4 / 13, rel=1e-12)
+    # every mask empty: the organisers' 0 / 0, undefined
+    assert math.isnan(aggregated_dice([(truth_b, truth_b, SPACING)]))
 
 
 def test_case_metrics_agree_with_functions() -> None:

@@ -127,7 +127,33 @@ def test_empty_mask_gives_no_lesions_and_empty_summary() -> None:
         "total_mtv_ml": 0.0,
         "total_tlg": 0.0,
         "suv_max": None,
+        "classes": {},
     }
+    gtvn = {"label": 2, "lesion_count": 0, "mtv_ml": 0.0, "tlg": 0.0, "suv_max": None}
+    assert case_summary(lesions, {0: "background", 2: "GTVn"})["classes"] == {"GTVn": gtvn}
+
+
+def test_lesions_are_per_class_with_totals_per_class() -> None:
+    # a GTVp block and a GTVn block that touch face to face: two lesions, one per class
+    mask = np.zeros((8, 8, 8), dtype=np.uint8)
+    mask[1:4, 1:4, 1:4] = 1  # 27 voxels
+    mask[4:6, 1:3, 1:3] = 2  # 8 voxels, touching the primary
+    mask[7, 7, 7] = 2  # 1 voxel, a second node
+    pet = np.where(mask == 1, 6.0, np.where(mask == 2, 3.0, 1.0))
+    pet[2, 2, 2] = 9.0
+    lesions = lesion_table(mask, pet, _affine((2.0, 2.0, 2.0), (0, 0, 0)))
+    assert [(lesion.class_label, lesion.n_voxels) for lesion in lesions] == [(1, 27), (2, 8), (2, 1)]
+    summary = case_summary(lesions, {0: "background", 1: "GTVp", 2: "GTVn"})
+    voxel_ml = 0.008
+    gtvp, gtvn = summary["classes"]["GTVp"], summary["classes"]["GTVn"]
+    assert (gtvp["lesion_count"], gtvn["lesion_count"], summary["lesion_count"]) == (1, 2, 3)
+    assert gtvp["mtv_ml"] == pytest.approx(27 * voxel_ml) and gtvn["mtv_ml"] == pytest.approx(9 * voxel_ml)
+    assert gtvp["suv_max"] == 9.0 and gtvn["suv_max"] == 3.0
+    assert gtvp["tlg"] == pytest.approx((26 * 6.0 + 9.0) * voxel_ml)
+    assert gtvn["tlg"] == pytest.approx(9 * 3.0 * voxel_ml)
+    assert summary["total_tlg"] == pytest.approx(gtvp["tlg"] + gtvn["tlg"])
+    with pytest.raises(ValueError, match="bool or integer classes"):
+        lesion_table(mask.astype(float), pet, np.eye(4))
 
 
 def test_mismatched_shapes_are_rejected() -> None:
@@ -155,6 +181,9 @@ def test_report_round_trip(tmp_path: Path) -> None:
     assert summary["total_tlg"] == pytest.approx(0.035 * 4.0)
     assert summary["suv_max"] == 4.0
     assert len(summary["lesions"]) == 2
+    assert [row["class_label"] for row in rows] == ["1", "1"]
+    assert summary["classes"] == {"label1": {"label": 1, "lesion_count": 2, "mtv_ml": pytest.approx(0.035),
+                                             "tlg": pytest.approx(0.14), "suv_max": 4.0}}  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c_lesions.csv", "c_summary.json"]
 
 

@@ -182,12 +182,36 @@ def evaluate(
     pred: Annotated[Path, typer.Option(help="Folder of predicted masks ({case}_seg.nii.gz).")],
     gt: Annotated[Path, typer.Option(help="Ground truth: a dataset folder or a folder of masks.")],
     out: Annotated[Path | None, typer.Option(help="Write per_case.csv and summary.json here.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="A run's config.yaml or configs/*.yaml: its classes name the labels.")
+    ] = None,
+    labels: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="LABELS",
+            help="Classes to score, numbers or names: --labels 1,2 or --labels GTVp (default all).",
+        ),
+    ] = None,
+    resample_to_truth: Annotated[
+        bool, typer.Option(help="Resample predictions on another grid onto the truth's (nearest neighbour).")
+    ] = False,
 ) -> None:
-    """Dice, HD95, precision, recall, autoPET FPV/FNV and aggregated Dice of predictions."""
+    """Dice, HD95, precision, recall, autoPET FPV/FNV and HECKTOR aggregated Dice, per class."""
     from h2aseg.evaluation.evaluate import evaluate_folder, format_summary_table
 
-    summary = _run(lambda: evaluate_folder(pred, gt, out))
-    Console().print(format_summary_table(summary))
+    def run() -> dict:
+        classes = None
+        if config is not None:
+            from h2aseg.training.config import resolve_config
+
+            classes = resolve_config(config)["classes"]
+        selected = [entry for text in labels or [] for entry in text.replace(",", " ").split()]
+        return evaluate_folder(
+            pred, gt, out, classes=classes, labels=selected or None, resample_to_truth=resample_to_truth
+        )
+
+    summary = _run(run)
+    Console(soft_wrap=True).print(format_summary_table(summary))
 
 
 @app.command()

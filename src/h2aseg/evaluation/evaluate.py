@@ -3,6 +3,8 @@
 Ground truth is either a dataset that :func:`h2aseg.data.layouts.read_dataset` recognises (its labels are
 used) or a flat folder of masks ``{case}.nii.gz`` / ``{case}_seg.nii.gz`` / ``{case}_label.nii.gz``.
 The prediction of a case is ``{case}_seg.nii.gz`` (what ``h2aseg predict`` writes) or ``{case}.nii.gz``.
+Each foreground class is scored on its own (``labels == k``); with several classes (HECKTOR: 1 = GTVp,
+2 = GTVn) the summary also holds their macro mean, the HECKTOR 2022 ranking figure for aggregated Dice.
 """
 
 from __future__ import annotations
@@ -12,18 +14,25 @@ import io
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from rich.progress import track
 
-from h2aseg.evaluation.metrics import CaseMetrics, aggregated_dice_of_cases, compute_case_metrics
+from h2aseg.evaluation.masks import check_classes, foreground_labels, load_label_map, load_label_pair
+from h2aseg.evaluation.metrics import CaseMetrics, aggregated_dice_of_cases, compute_class_metrics
 from h2aseg.inference.quantify import atomic_output
 
-__all__ = ["evaluate_folder", "find_truth_masks", "format_summary_table", "summarize_cases"]
+__all__ = [
+    "evaluate_folder",
+    "find_truth_masks",
+    "format_summary_table",
+    "select_classes",
+    "summarize_cases",
+    "summarize_classes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -31,48 +40,83 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 TRUTH_MASK_TAGS = ("_seg", "_label", "")
 IMAGE_TAGS = ("_ct", "_pet", "_prob", "_0000", "_0001")
 PREDICTION_TAGS = ("_seg", "")
-AFFINE_TOLERANCE_MM = 1e-3
+METRIC_KEYS = ("dice", "hd95", "precision", "recall", "fpv_ml", "fnv_ml", "dice_agg")
 
 SummaryStat = dict[str, float | int | None]
-Summary = dict[str, SummaryStat]
+ClassResults = dict[int, CaseMetrics]
 
 
-def evaluate_folder(pred_dir: Path, gt_dir: Path, out_dir: Path | None = None) -> Summary:
-    """Metrics of every ground-truth case against its prediction.
+def evaluate_folder(
+    pred_dir: Path,
+    gt_dir: Path,
+    out_dir: Path | None = None,
+    *,
+    classes: Mapping[int, str] | None = None,
+    labels: Sequence[int | str] | None = None,
+    resample_to_truth: bool = False,
+) -> dict:
+    """Metrics of every ground-truth case against its prediction, class by class.
 
-    Labels are binarised (``> 0``); prediction and truth must share shape and affine. Dice and HD95 are
-    averaged over cases with a lesion (as in the paper), precision over cases with a predicted voxel,
-    recall and FNV over cases with a lesion, FPV over all cases (see :func:`summarize_cases`).
+    Dice, HD95, recall and FNV are averaged over the cases where the class is in the truth, precision
+    over cases where it is predicted, FPV over all cases (see :func:`summarize_cases`).
 
     Args:
         pred_dir: folder of predicted masks ``{case}_seg.nii.gz`` or ``{case}.nii.gz``.
         gt_dir: a dataset folder in a layout ``read_dataset`` knows, or a folder of masks.
         out_dir: if given, ``per_case.csv`` and ``summary.json`` are written there (atomically).
+        classes: label → name of the run (``config["classes"]``, background included or not); by default
+            the foreground labels found in the truth masks (named ``lesion`` when only 1, else ``label{k}``).
+        labels: the classes to score, as labels or names (default: every foreground class).
+        resample_to_truth: resample predictions on another grid onto the truth grid (nearest neighbour)
+            instead of refusing them.
 
     Returns:
-        The summary: keys ``dice``, ``hd95``, ``precision``, ``recall``, ``fpv_ml``, ``fnv_ml``,
-        ``dice_agg``, each ``{"mean", "std", "n"}`` (fractions for Dice/precision/recall, mm, mL;
-        ``None`` where no case qualifies).
+        The summary (see :func:`summarize_classes`).
 
     Raises:
-        ValueError: no ground truth found, a truth case has no prediction, or a pair of files differs
-            in shape or affine (the message names the files).
+        ValueError: no ground truth found, a truth case has no prediction, a mask holds values that are
+            not its classes, or a pair lies on different grids (the message names the files).
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     if not pred_dir.is_dir():
         raise ValueError(f"{pred_dir}: prediction folder not found")
     truths = find_truth_masks(gt_dir)
     pairs = {case_id: (_find_prediction(pred_dir, case_id), truth) for case_id, truth in truths.items()}
-    results: list[tuple[str, CaseMetrics]] = []
+    names = _class_names(classes, truths.values())
+    selected = select_classes(names, labels)
+    results: list[tuple[str, ClassResults]] = []
     for case_id in track(sorted(pairs), description="evaluating", transient=True):
         pred_path, truth_path = pairs[case_id]
-        pred_mask, truth_mask, spacing_mm = load_mask_pair(pred_path, truth_path)
-        results.append((case_id, compute_case_metrics(pred_mask, truth_mask, spacing_mm)))
-    summary = summarize_cases([metrics for _, metrics in results])
-    logger.info("evaluated %d cases (%d with lesions)", len(results), summary["dice"]["n"])
+        pred, truth, spacing_mm = load_label_pair(pred_path, truth_path, resample_to_truth)
+        check_classes(truth, truth_path, names)
+        check_classes(pred, pred_path, names)
+        results.append((case_id, compute_class_metrics(pred, truth, spacing_mm, selected)))
+    summary = summarize_classes([per_class for _, per_class in results], {k: names[k] for k in selected})
+    logger.info("evaluated %d cases, classes %s", len(results), ", ".join(names[k] for k in selected))
     if out_dir is not None:
-        _write_outputs(Path(out_dir), results, summary)
+        _write_outputs(Path(out_dir), results, {k: names[k] for k in selected}, summary)
     return summary
+
+
+def select_classes(names: Mapping[int, str], labels: Sequence[int | str] | None) -> list[int]:
+    """The labels to score: every class of ``names`` by default, else ``labels`` (numbers or names).
+
+    Raises:
+        ValueError: an entry of ``labels`` is neither a label nor a name of ``names``.
+    """
+    if not labels:
+        return sorted(names)
+    by_name = {name.lower(): label for label, name in names.items()}
+    selected: list[int] = []
+    for entry in labels:
+        text = str(entry).strip()
+        label = int(text) if text.lstrip("-").isdigit() else by_name.get(text.lower())
+        if label not in names:
+            known = ", ".join(f"{k} ({names[k]})" for k in sorted(names))
+            raise ValueError(f"labels: {entry!r} is not a class; the classes are {known}")
+        if label not in selected:
+            selected.append(label)
+    return selected
 
 
 def find_truth_masks(gt_dir: Path) -> dict[str, Path]:
@@ -107,34 +151,13 @@ def find_truth_masks(gt_dir: Path) -> dict[str, Path]:
     return masks
 
 
-def load_mask_pair(pred_path: Path, truth_path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    """Load two masks as boolean ``(X, Y, Z)`` arrays (``> 0``) and the truth's spacing in mm.
+def summarize_cases(cases: Sequence[CaseMetrics]) -> dict[str, SummaryStat]:
+    """Mean, standard deviation (population, ddof 0) and count of each metric of one class.
 
-    Raises:
-        ValueError: a file is not a 3-D image, or the two differ in shape or affine.
-    """
-    pred_image, truth_image = _load_nifti(pred_path), _load_nifti(truth_path)
-    pred_mask, truth_mask = _mask_array(pred_image, pred_path), _mask_array(truth_image, truth_path)
-    if pred_mask.shape != truth_mask.shape:
-        raise ValueError(
-            f"{pred_path} has shape {pred_mask.shape} but {truth_path} has shape {truth_mask.shape}"
-        )
-    if not np.allclose(pred_image.affine, truth_image.affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
-        raise ValueError(
-            f"{pred_path} and {truth_path} have different affines (grids), "
-            f"max difference {np.abs(pred_image.affine - truth_image.affine).max():.4g} mm"
-        )
-    spacing_mm = tuple(float(s) for s in truth_image.header.get_zooms()[:3])
-    return pred_mask, truth_mask, spacing_mm
-
-
-def summarize_cases(cases: Sequence[CaseMetrics]) -> Summary:
-    """Mean, standard deviation (population, ddof 0) and count of each metric over the cases it applies to.
-
-    ``dice``, ``hd95``, ``recall``, ``fnv_ml``: cases with a lesion (``hd95`` also needs a prediction, it
-    is NaN otherwise); ``precision``: cases with a predicted voxel; ``fpv_ml``: all cases;
-    ``dice_agg``: the aggregated Dice of all cases, ``std`` ``None``, ``n`` the number of cases.
-    ``mean`` and ``std`` are ``None`` when no case qualifies.
+    ``dice``, ``hd95``, ``recall``, ``fnv_ml``: cases with the class in the truth; ``precision``: cases
+    with a predicted voxel of it; ``fpv_ml``: all cases; ``dice_agg``: the HECKTOR aggregated Dice of
+    all cases (volumes in mm³), ``std`` ``None``, ``n`` the number of cases. ``mean`` and ``std`` are
+    ``None`` when no case qualifies (for ``dice_agg``: when every mask is empty).
     """
     positive = [case for case in cases if case.has_lesion]
     summary = {
@@ -145,14 +168,44 @@ def summarize_cases(cases: Sequence[CaseMetrics]) -> Summary:
         "fpv_ml": _stat([case.fpv_ml for case in cases]),
         "fnv_ml": _stat([case.fnv_ml for case in positive]),
     }
-    dice_agg = aggregated_dice_of_cases(cases) if cases else None
-    summary["dice_agg"] = {"mean": dice_agg, "std": None, "n": len(cases)}
+    dice_agg = aggregated_dice_of_cases(cases)
+    summary["dice_agg"] = {"mean": None if math.isnan(dice_agg) else dice_agg, "std": None, "n": len(cases)}
     return summary
 
 
-def format_summary_table(summary: Mapping[str, Mapping[str, float | int | None]], method: str = "") -> str:
-    """One-row Markdown table in the layout of the paper's Table 1 (mean ± std), plus FPV, FNV, aggregated
-    Dice and the case counts; Dice, aggregated Dice, precision and recall in percent."""
+def summarize_classes(results: Sequence[Mapping[int, CaseMetrics]], names: Mapping[int, str]) -> dict:
+    """Per-class summaries and their macro mean.
+
+    Args:
+        results: per case, the metrics of each class (by label).
+        names: label → name of the scored classes, in output order.
+
+    Returns:
+        ``{"classes": {name: {"label": k, metric: stat, ...}}, "n_cases": N, metric: stat, ...}``, metrics
+        as in :func:`summarize_cases`. The top-level stats are the class's own with one class, else the
+        macro mean over classes: ``{"mean": mean of the class means, "std": None, "n": classes}``, the
+        mean ``None`` when a class has none (HECKTOR 2022 ranks by the macro mean of ``dice_agg``).
+    """
+    blocks = {
+        name: {"label": label, **summarize_cases([case[label] for case in results])}
+        for label, name in names.items()
+    }
+    summary: dict = {"classes": blocks, "n_cases": len(results)}
+    if len(blocks) == 1:
+        (only,) = blocks.values()
+        summary.update({key: only[key] for key in METRIC_KEYS})
+        return summary
+    for key in METRIC_KEYS:
+        means = [block[key]["mean"] for block in blocks.values()]
+        mean = None if None in means else float(np.mean(means))
+        summary[key] = {"mean": mean, "std": None, "n": len(means)}
+    return summary
+
+
+def format_summary_table(summary: Mapping, method: str = "") -> str:
+    """Markdown table in the layout of the paper's Table 1 (mean ± std), one row per class and, with
+    several classes, a row of their macro mean; FPV, FNV, aggregated Dice and the case counts too.
+    Dice, aggregated Dice, precision and recall in percent."""
     columns = [
         ("Dice (%)", "dice", 100.0),
         ("HD95 (mm)", "hd95", 1.0),
@@ -162,10 +215,15 @@ def format_summary_table(summary: Mapping[str, Mapping[str, float | int | None]]
         ("FNV (mL)", "fnv_ml", 1.0),
         ("Agg. Dice (%)", "dice_agg", 100.0),
     ]
-    cells = [_format_cell(summary[key], scale) for _, key, scale in columns]
-    header = ["Method", *(title for title, _, _ in columns), "Cases (with lesion)"]
-    counts = f"{summary['dice_agg']['n']} ({summary['dice']['n']})"
-    rows = [header, ["---"] * len(header), [method or "prediction", *cells, counts]]
+    header = ["Method", "Class", *(title for title, _, _ in columns), "Cases (with lesion)"]
+    rows = [header, ["---"] * len(header)]
+    for name, block in summary["classes"].items():
+        cells = [_format_cell(block[key], scale) for _, key, scale in columns]
+        counts = f"{summary['n_cases']} ({block['dice']['n']})"
+        rows.append([method or "prediction", f"{name} ({block['label']})", *cells, counts])
+    if len(summary["classes"]) > 1:
+        cells = [_format_cell(summary[key], scale) for _, key, scale in columns]
+        rows.append([method or "prediction", "mean of classes", *cells, str(summary["n_cases"])])
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
@@ -216,29 +274,33 @@ def _find_prediction(pred_dir: Path, case_id: str) -> Path:
     raise ValueError(f"{pred_dir}: no prediction for case {case_id!r} (expected {case_id}_seg.nii.gz)")
 
 
-def _load_nifti(path: Path) -> nib.Nifti1Image:
-    try:
-        return nib.load(path)
-    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as error:
-        raise ValueError(f"{path}: not a readable NIfTI image ({error})") from error
+def _class_names(classes: Mapping[int, str] | None, truth_paths: Iterable[Path]) -> dict[int, str]:
+    """Foreground label → name: from ``classes`` when given, else the labels found in the truth masks."""
+    if classes is not None:
+        names = {int(label): str(name) for label, name in classes.items() if int(label) != 0}
+        if not names:
+            raise ValueError(f"classes {dict(classes)} has no foreground class")
+        return names
+    found: set[int] = set()
+    for path in truth_paths:
+        found.update(foreground_labels(load_label_map(path)[0]))
+    if found <= {1}:
+        return {1: "lesion"}
+    return {label: f"label{label}" for label in sorted(found)}
 
 
-def _mask_array(image: nib.Nifti1Image, path: Path) -> np.ndarray:
-    data = np.asanyarray(image.dataobj)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise ValueError(f"{path}: a mask must be a 3-D image, got shape {data.shape}")
-    return data > 0
-
-
-def _write_outputs(out_dir: Path, results: Sequence[tuple[str, CaseMetrics]], summary: Summary) -> None:
+def _write_outputs(
+    out_dir: Path, results: Sequence[tuple[str, ClassResults]], names: Mapping[int, str], summary: dict
+) -> None:
+    """``per_case.csv`` (a column group ``{class}_{metric}`` per class) and ``summary.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["case_id", *(field.name for field in fields(CaseMetrics))])
-    for case_id, metrics in results:
-        writer.writerow([case_id, *metrics.as_dict().values()])
+    columns = [field.name for field in fields(CaseMetrics)]
+    writer.writerow(["case_id", *(f"{name}_{column}" for name in names.values() for column in columns)])
+    for case_id, per_class in results:
+        values = (value for label in names for value in per_class[label].as_dict().values())
+        writer.writerow([case_id, *values])
     with atomic_output(out_dir / "per_case.csv") as temporary:
         temporary.write_text(buffer.getvalue(), encoding="utf-8")
     with atomic_output(out_dir / "summary.json") as temporary:

@@ -111,6 +111,9 @@ class Predictor:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.transforms = predict_transforms(self.preprocess)
+        self.classes = {
+            int(label): str(name) for label, name in (config.get("classes") or {}).items()
+        } or None
 
     @classmethod
     def from_checkpoint(
@@ -238,8 +241,8 @@ class Predictor:
         grid_image = pet_image if grid == "pet" else ct_image
         grid_labels = pet_labels if grid == "pet" else restore_to_original(labels, data, grid="ct")[0]
         pet_suv = np.asarray(pet_image.dataobj, dtype=np.float32)
-        lesions = lesion_table(pet_labels > 0, pet_suv, pet_image.affine)
-        summary = case_summary(lesions)
+        lesions = lesion_table(pet_labels, pet_suv, pet_image.affine)
+        summary = case_summary(lesions, self.classes)
 
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = {
@@ -250,7 +253,7 @@ class Predictor:
         with ExitStack() as stack:
             staged = {name: stack.enter_context(atomic_output(path)) for name, path in paths.items()}
             _save_nifti(grid_labels.astype(np.uint8), grid_image, staged["seg.nii.gz"])
-            write_lesion_report(lesions, staged["lesions.csv"], staged["summary.json"], case_id)
+            write_lesion_report(lesions, staged["lesions.csv"], staged["summary.json"], case_id, self.classes)
             save_nifti_case_figure(pet_image, pet_labels, ct_image, staged["mip.png"], title=case_id)
             if save_probabilities:
                 foreground = probabilities[1:] if self.activation == "softmax" else probabilities

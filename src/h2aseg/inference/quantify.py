@@ -2,8 +2,9 @@
 
 Definitions (also in ``docs/outputs.md``):
 
-- A lesion is an 18-connected component of the mask (voxels sharing a face or an edge,
-  not only a corner), the way the autoPET evaluation counts lesions.
+- A lesion is an 18-connected component of one class of the mask (voxels of one label sharing a
+  face or an edge, not only a corner), the way the autoPET evaluation counts lesions; touching
+  voxels of two classes (HECKTOR GTVp = 1, GTVn = 2) are two lesions.
 - ``volume_ml`` = voxel count × voxel volume, the voxel volume being ``|det(affine[:3, :3])|``
   mm³ / 1000.
 - ``suv_max`` / ``suv_mean``: maximum / mean SUV over the lesion's voxels.
@@ -21,7 +22,7 @@ import csv
 import json
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ SUV_PEAK_RADIUS_MM = 6.2
 CSV_COLUMNS = (
     "case_id",
     "lesion_id",
+    "class_label",
     "n_voxels",
     "volume_ml",
     "suv_max",
@@ -52,7 +54,8 @@ class Lesion:
     """Statistics of one connected lesion.
 
     Attributes:
-        lesion_id: 1-based rank by volume (largest first; ties in scan order).
+        lesion_id: 1-based rank by volume over all classes (largest first; ties in scan order).
+        class_label: the mask value (class) of the lesion, e.g. 1 = GTVp, 2 = GTVn.
         n_voxels: voxel count.
         volume_ml: metabolic tumour volume of the lesion in mL.
         suv_max: maximum SUV (g/mL) in the lesion.
@@ -63,6 +66,7 @@ class Lesion:
     """
 
     lesion_id: int
+    class_label: int
     n_voxels: int
     volume_ml: float
     suv_max: float
@@ -99,7 +103,8 @@ def lesion_table(mask: np.ndarray, pet_suv: np.ndarray, affine: np.ndarray) -> l
     """Quantify every 18-connected lesion of a mask on the PET grid.
 
     Args:
-        mask: lesion mask ``(X, Y, Z)``, bool or integer (non-zero = lesion).
+        mask: lesion mask ``(X, Y, Z)``: bool, or integer classes (0 = background; each class's
+            components are its lesions).
         pet_suv: PET in SUV (g/mL), ``(X, Y, Z)``, same grid as ``mask``.
         affine: ``(4, 4)`` voxel-to-RAS-mm affine of that grid.
 
@@ -113,8 +118,11 @@ def lesion_table(mask: np.ndarray, pet_suv: np.ndarray, affine: np.ndarray) -> l
         raise ValueError(f"mask {mask.shape} and PET {pet_suv.shape} must be 3-D arrays of the same shape")
     if affine.shape != (4, 4):
         raise ValueError(f"affine must be 4x4, got {affine.shape}")
+    if mask.dtype != bool and not np.issubdtype(mask.dtype, np.integer):
+        raise ValueError(f"mask must be bool or integer classes, got dtype {mask.dtype}")
+    classes = mask.astype(np.uint8) if mask.dtype == bool else mask
     labels, n_lesions = cc3d.connected_components(
-        mask != 0, connectivity=LESION_CONNECTIVITY, return_N=True, out_dtype=np.uint32
+        classes, connectivity=LESION_CONNECTIVITY, return_N=True, out_dtype=np.uint32
     )
     if n_lesions == 0:
         return []
@@ -131,10 +139,13 @@ def lesion_table(mask: np.ndarray, pet_suv: np.ndarray, affine: np.ndarray) -> l
         for label, box in zip(label_ids, stats["bounding_boxes"][1:], strict=True)
     ]
     centroids_mm = stats["centroids"][1:] @ affine[:3, :3].T + affine[:3, 3]
+    class_of = np.zeros(n_lesions + 1, dtype=np.int64)
+    class_of[labels.ravel()] = classes.ravel()
     order = np.lexsort((label_ids, -n_voxels))
     return [
         Lesion(
             lesion_id=rank + 1,
+            class_label=int(class_of[i + 1]),
             n_voxels=int(n_voxels[i]),
             volume_ml=float(n_voxels[i] * voxel_ml),
             suv_max=float(suv_max[i]),
@@ -170,17 +181,37 @@ def _peak_in_box(
     return float(local_mean[labels[grown] == label].max())
 
 
-def case_summary(lesions: Sequence[Lesion]) -> dict[str, float | int | None]:
-    """Case totals of a lesion table.
+def case_summary(lesions: Sequence[Lesion], classes: Mapping[int, str] | None = None) -> dict:
+    """Case totals of a lesion table, over all classes and per class.
+
+    Args:
+        lesions: output of :func:`lesion_table`.
+        classes: label → name of the model's classes (background 0 skipped); default: the classes of
+            the lesions, named ``label{k}``.
 
     Returns:
-        ``{"lesion_count", "total_mtv_ml", "total_tlg", "suv_max"}``; ``suv_max`` is the largest
-        lesion SUVmax, ``None`` without lesions.
+        ``{"lesion_count", "total_mtv_ml", "total_tlg", "suv_max", "classes"}``; ``suv_max`` is the
+        largest lesion SUVmax, ``None`` without lesions; ``classes`` maps each class name to
+        ``{"label", "lesion_count", "mtv_ml", "tlg", "suv_max"}`` of its lesions (zeros and ``None``
+        for a class without lesion).
     """
+    names = (
+        {label: name for label, name in classes.items() if label != 0}
+        if classes is not None
+        else {label: f"label{label}" for label in sorted({lesion.class_label for lesion in lesions})}
+    )
+    per_class = {}
+    for label, name in names.items():
+        own = [lesion for lesion in lesions if lesion.class_label == label]
+        per_class[name] = {"label": label, **_totals(own, "mtv_ml", "tlg")}
+    return {**_totals(lesions, "total_mtv_ml", "total_tlg"), "classes": per_class}
+
+
+def _totals(lesions: Sequence[Lesion], mtv_key: str, tlg_key: str) -> dict[str, float | int | None]:
     return {
         "lesion_count": len(lesions),
-        "total_mtv_ml": float(sum(lesion.volume_ml for lesion in lesions)),
-        "total_tlg": float(sum(lesion.tlg for lesion in lesions)),
+        mtv_key: float(sum(lesion.volume_ml for lesion in lesions)),
+        tlg_key: float(sum(lesion.tlg for lesion in lesions)),
         "suv_max": max((lesion.suv_max for lesion in lesions), default=None),
     }
 
@@ -201,7 +232,13 @@ def atomic_output(path: Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
-def write_lesion_report(lesions: Sequence[Lesion], csv_path: Path, json_path: Path, case_id: str) -> None:
+def write_lesion_report(
+    lesions: Sequence[Lesion],
+    csv_path: Path,
+    json_path: Path,
+    case_id: str,
+    classes: Mapping[int, str] | None = None,
+) -> None:
     """Write the lesion table as CSV and the case summary (with the lesions) as JSON, atomically.
 
     Args:
@@ -209,6 +246,7 @@ def write_lesion_report(lesions: Sequence[Lesion], csv_path: Path, json_path: Pa
         csv_path: one row per lesion, columns :data:`CSV_COLUMNS` (header written even when empty).
         json_path: ``{"case_id", **case_summary, "suv_peak_radius_mm", "connectivity", "lesions"}``.
         case_id: written into both files.
+        classes: label → class name for the per-class totals (see :func:`case_summary`).
     """
     with atomic_output(Path(csv_path)) as temporary, temporary.open("w", newline="") as stream:
         writer = csv.writer(stream)
@@ -216,12 +254,12 @@ def write_lesion_report(lesions: Sequence[Lesion], csv_path: Path, json_path: Pa
         for lesion in lesions:
             numbers = (lesion.volume_ml, lesion.suv_max, lesion.suv_mean, lesion.suv_peak, lesion.tlg)
             writer.writerow(
-                [case_id, lesion.lesion_id, lesion.n_voxels]
+                [case_id, lesion.lesion_id, lesion.class_label, lesion.n_voxels]
                 + [f"{value:.6g}" for value in (*numbers, *lesion.centroid_mm)]
             )
     report = {
         "case_id": case_id,
-        **case_summary(lesions),
+        **case_summary(lesions, classes),
         "suv_peak_radius_mm": SUV_PEAK_RADIUS_MM,
         "connectivity": LESION_CONNECTIVITY,
         "lesions": [asdict(lesion) for lesion in lesions],

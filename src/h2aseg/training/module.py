@@ -83,7 +83,9 @@ class SegmentationModule(lightning.LightningModule):
         self.n_classes = len(self.config["classes"])
         self.binary_target = self.config["data"]["target"] == "binary"
         self.dice_metric = DiceMetric(
-            include_background=self.model.output_activation == "sigmoid", reduction="mean", ignore_empty=True
+            include_background=self.model.output_activation == "sigmoid",
+            reduction="mean_batch",
+            ignore_empty=True,
         )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -134,10 +136,17 @@ class SegmentationModule(lightning.LightningModule):
         self.dice_metric(y_pred=self._one_hot_prediction(logits), y=self._one_hot_label(label))
 
     def on_validation_epoch_end(self) -> None:
-        """Log ``val/dice`` (nan when no validation volume has foreground) and reset the metric."""
-        dice = self.dice_metric.aggregate().item() if len(self.dice_metric) else float("nan")
+        """Log ``val/dice``, the mean over foreground classes of each class's mean Dice over the volumes
+        holding it (nan when none has foreground), with several classes also ``val/dice_{name}``; reset."""
+        names = [name for label, name in sorted(self.config["classes"].items()) if label != 0]
+        per_class = (
+            self.dice_metric.aggregate().reshape(-1) if len(self.dice_metric) else torch.full((1,), torch.nan)
+        )
         self.dice_metric.reset()
-        self.log("val/dice", dice, prog_bar=True, sync_dist=True)
+        self.log("val/dice", torch.nanmean(per_class).item(), prog_bar=True, sync_dist=True)
+        if len(names) > 1 and len(per_class) == len(names):
+            for name, dice in zip(names, per_class.tolist(), strict=True):
+                self.log(f"val/dice_{name}", dice, sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         """Adam with weight decay; after every epoch the learning rate is multiplied by ``optim.lr_decay``
