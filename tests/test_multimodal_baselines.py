@@ -51,7 +51,7 @@ def test_a2fseg_deep_supervision_weights_follow_nnunet() -> None:
         return logits.new_ones(())
 
     # Three branches (CT, PET, average fusion), heads on the 2 finest of 3 decoder levels: 1 + 1/2 each.
-    loss = model.auxiliary_loss(torch.zeros(1, 1, *ODD), one_per_head)
+    loss = model.auxiliary_loss(torch.zeros(1, 1, *ODD, dtype=torch.long), one_per_head)  # integer classes
     assert loss.item() == pytest.approx(3 * (1 + 0.5))
     assert len(calls) == 6 and all(logits == label for logits, label in calls)
     assert {logits for logits, _ in calls} == {(24, 16, 16), (12, 8, 8)}

@@ -63,13 +63,15 @@ def deep_supervision_loss(
 
     Args:
         heads: logits ``(B, C, x_i, y_i, z_i)``, finest first.
-        label: ``(B, 1, X, Y, Z)`` at the size of the finest head.
+        label: ``(B, 1, X, Y, Z)`` at the size of the finest head, float or integer classes.
         segmentation_loss: per-output loss.
         weights: one weight per head.
     """
     total = heads[0].new_zeros(())
     for head, weight in zip(heads, weights, strict=True):
-        target = label if head.shape[2:] == label.shape[2:] else F.interpolate(label, size=head.shape[2:])
+        target = label
+        if head.shape[2:] != label.shape[2:]:  # nearest has no integer kernel: via float, classes are exact
+            target = F.interpolate(label.float(), size=head.shape[2:]).to(label.dtype)
         total = total + weight * segmentation_loss(head.float(), target)
     return total
 
