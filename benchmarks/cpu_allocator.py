@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 from datetime import date
 from pathlib import Path
 
 from h2aseg.bench.allocator import step_costs
+from h2aseg.bench.harness import machine
 
 
 def main() -> None:
@@ -29,7 +28,7 @@ def main() -> None:
         variant: step_costs(tuned, tuple(args.size), args.batch, args.steps, args.threads)
         for variant, tuned in (("glibc defaults", False), ("keep_freed_memory", True))
     }
-    meta = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    meta = {"date": date.today().isoformat(), "machine": machine()}
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"meta": meta, **settings, "per_step": rows}
     (args.out / "cpu_allocator.json").write_text(json.dumps(result, indent=2))

@@ -15,13 +15,16 @@ Modes: ``forward`` is ``model(x)`` in eval mode under ``no_grad`` (the official 
 single-output path, so its row computes all five heads); ``train`` is a training-mode
 forward of all five deep-supervision outputs, a weighted sum of their means, and backward.
 
-The official code is exported from the bare git mirror into a temporary folder outside
-the repository at run time (never committed); without ``einops`` a small stand-in for
-``einops.rearrange`` is registered. Its rows are skipped when the mirror is absent.
+The authors' code is read from ``--official-dir`` (or the environment variable
+``H2ASEG_OFFICIAL_DIR``; there is no default): a checkout of their repository or a bare git
+mirror of it. Its model files are copied into a temporary folder outside the repository at run
+time (never committed); without ``einops`` a small stand-in for ``einops.rearrange`` is
+registered. Asking for the official rows without that path is an error.
 
 Usage:
     python benchmarks/model_speed.py --size 128 128 64 --batch 1 2 --threads 2 \\
-        --out benchmarks/results/model_speed_cpu.json
+        --official-dir PATH/TO/H2ASeg --out benchmarks/results/model_speed_cpu.json
+    python benchmarks/model_speed.py --rows h2aseg h2aseg-baseline --out /tmp/ours.json
     python benchmarks/model_speed.py --quick --out /tmp/speed.json
 """
 
@@ -33,15 +36,15 @@ import logging
 import math
 import os
 import re
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import types
 from collections.abc import Callable
 from pathlib import Path
+
+from h2aseg.bench.harness import BenchmarkError, peak_rss_mb, rss_now_mb, run_fresh, time_steps
+from h2aseg.io import write_text_atomic
 
 logger = logging.getLogger("model_speed")
 
@@ -57,7 +60,7 @@ ROWS = (*OURS, *OFFICIAL)
 QUICK_ROWS = ("h2aseg", "h2aseg-baseline")
 MODES = ("forward", "train")
 DEEP_SUPERVISION_WEIGHTS = (5.0, 4.0, 3.0, 2.0, 1.0)
-DEFAULT_MIRROR = Path("/work/.mirror/JinPLu+H2ASeg/repo")
+OFFICIAL_DIR_VARIABLE = "H2ASEG_OFFICIAL_DIR"
 OFFICIAL_FILES = ("H2ASeg", "MCSA", "Attention", "TAMW", "ResUNet", "modules")
 CHANNELS = (8, 16, 32, 64, 128)
 QUICK_SIZE = (32, 32, 16)
@@ -78,7 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=ROWS)
     parser.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
     parser.add_argument(
-        "--mirror", type=Path, default=DEFAULT_MIRROR, help="bare git mirror of the authors' code"
+        "--official-dir",
+        type=Path,
+        default=os.environ.get(OFFICIAL_DIR_VARIABLE),
+        help=f"the authors' repository (checkout or bare git mirror); default ${OFFICIAL_DIR_VARIABLE}",
     )
     parser.add_argument(
         "--out", type=Path, help="JSON file, rewritten after every row; Markdown table beside it"
@@ -89,6 +95,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.size, args.batch, args.repeats = QUICK_SIZE, [1], 1
         args.rows = [row for row in args.rows if row in QUICK_ROWS]
+    if set(args.rows) & set(OFFICIAL) and args.official_dir is None:
+        parser.error(
+            f"the rows {', '.join(OFFICIAL)} need the authors' code: give --official-dir or set "
+            f"{OFFICIAL_DIR_VARIABLE}, or choose other --rows"
+        )
     return args
 
 
@@ -100,9 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_worker(args)))
         return
     with tempfile.TemporaryDirectory(prefix="h2aseg-official-") as official_dir:
-        if set(args.rows) & set(OFFICIAL) and not export_official_code(args.mirror, Path(official_dir)):
-            logger.warning("no official code at %s: skipping its rows", args.mirror)
-            args.rows = [row for row in args.rows if row not in OFFICIAL]
+        if set(args.rows) & set(OFFICIAL):
+            export_official_code(args.official_dir, Path(official_dir))
         report: dict[str, object] = {"config": config_of(args), "results": []}
         for row in args.rows:
             for batch in args.batch:
@@ -113,8 +123,8 @@ def main(argv: list[str] | None = None) -> None:
                         logger.info("%s", result)
                     report["results"].extend(results)
                     if args.out:
-                        write_atomic(args.out, json.dumps(report, indent=2) + "\n")
-                        write_atomic(args.out.with_suffix(".md"), markdown_table(report))
+                        write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
+                        write_text_atomic(args.out.with_suffix(".md"), markdown_table(report))
 
 
 def config_of(args: argparse.Namespace) -> dict[str, object]:
@@ -141,31 +151,38 @@ def run_subprocess(
 ) -> list[dict[str, object]]:
     """One fresh interpreter per configuration; its last stdout line is the JSON result list."""
     worker = {"row": row, "batch": batch, "modes": modes, "official_dir": official_dir}
-    command = [sys.executable, __file__, "--worker", json.dumps(worker), "--size", *map(str, args.size)]
+    command = [__file__, "--worker", json.dumps(worker), "--size", *map(str, args.size)]
     command += ["--threads", str(args.threads), "--repeats", str(args.repeats)]
     command += ["--device", args.device, "--dtype", args.dtype] + (["--quick"] if args.quick else [])
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     env["OMP_NUM_THREADS"] = str(args.threads)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{row} batch {batch} {modes} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        return run_fresh(command, env=env)
+    except BenchmarkError as error:
+        raise RuntimeError(f"{row} batch {batch} {modes} failed: {error}") from error
 
 
-def export_official_code(mirror: Path, target: Path) -> bool:
-    """Write the authors' model files from the bare mirror into ``target/model``."""
-    if not mirror.exists():
-        return False
+def export_official_code(source: Path, target: Path) -> None:
+    """Copy the authors' model files from ``source`` (a checkout, or a bare git mirror read with
+    ``git show``) into ``target/model``.
+
+    Raises:
+        SystemExit: a file is missing (the message names it).
+    """
     (target / "model").mkdir(parents=True, exist_ok=True)
     for name in OFFICIAL_FILES:
-        command = ["git", "-C", str(mirror), "show", f"HEAD:model/{name}.py"]
-        shown = subprocess.run(command, capture_output=True, text=True, check=False)
-        if shown.returncode != 0:
-            return False
-        (target / "model" / f"{name}.py").write_text(shown.stdout)
-    return True
+        checkout = source / "model" / f"{name}.py"
+        if checkout.is_file():
+            text = checkout.read_text()
+        else:
+            command = ["git", "-C", str(source), "show", f"HEAD:model/{name}.py"]
+            shown = subprocess.run(command, capture_output=True, text=True, check=False)
+            if shown.returncode != 0:
+                raise SystemExit(f"{source}: no model/{name}.py (a checkout or mirror of the authors' code?)")
+            text = shown.stdout
+        (target / "model" / f"{name}.py").write_text(text)
 
 
 def einops_rearrange(x: object, pattern: str, **sizes: int) -> object:
@@ -246,35 +263,26 @@ def run_worker(args: argparse.Namespace) -> list[dict[str, object]]:
 
     results = []
     for mode in spec["modes"]:
-        step = forward if mode == "forward" else train
         before = _memory_now(device)
-        wall, cpu = [], []
-        for _ in range(args.repeats + 1):
-            start, start_cpu = time.perf_counter(), _cpu_seconds()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            wall.append(time.perf_counter() - start)
-            cpu.append(_cpu_seconds() - start_cpu)
+        times = time_steps(
+            forward if mode == "forward" else train,
+            args.repeats,
+            warmup=1,
+            synchronise=(lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None,
+        )
         results.append(
             {
                 "row": spec["row"],
                 "batch": spec["batch"],
                 "mode": mode,
-                "seconds": round(statistics.median(wall[1:]), 3),
-                "cpu_seconds": round(statistics.median(cpu[1:]), 3),
-                "seconds_all": [round(s, 3) for s in wall],
+                "seconds": round(times.seconds_median, 3),
+                "cpu_seconds": round(times.cpu_seconds_median, 3),
+                "seconds_all": [round(s, 3) for s in times.seconds],
                 "peak_memory_mb": round(_memory_peak(device) - before, 1),
                 "parameters": sum(p.numel() for p in model.parameters()),
             }
         )
     return results
-
-
-def _cpu_seconds() -> float:
-    """User + system CPU seconds of this process so far."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _memory_now(device: object) -> float:
@@ -284,8 +292,7 @@ def _memory_now(device: object) -> float:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.memory_allocated(device) / 2**20
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return rss_now_mb()
 
 
 def _memory_peak(device: object) -> float:
@@ -294,7 +301,7 @@ def _memory_peak(device: object) -> float:
 
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()
 
 
 def markdown_table(report: dict[str, object]) -> str:
@@ -328,14 +335,6 @@ def markdown_table(report: dict[str, object]) -> str:
                 cells += ["–", "–", "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,8 @@ def test_clean_nnunet_dataset_has_no_problems(tmp_path: Path) -> None:
 
 
 def test_hecktor_labels_and_ct_grid_label_are_accepted(tmp_path: Path) -> None:
-    ct_affine = np.diag([1.0, 1.0, 1.5, 1.0])  # label on the finer CT grid, PET coarser
+    ct_affine = AFFINE.copy()  # label on the CT grid, shifted half a voxel from the PET's
+    ct_affine[:3, 3] = [1.0, 1.0, 1.5]
     ct_hu, pet_suv, label = _volumes(0)
     label[1, 1, 1] = 2
     _write(tmp_path / "imagesTr" / "CHUM-001__CT.nii.gz", ct_hu, ct_affine)

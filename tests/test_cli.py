@@ -13,7 +13,17 @@ from h2aseg.cli import app
 
 runner = CliRunner()
 
-COMMANDS = ["demo", "phantom", "convert-dicom", "check-data", "train", "predict", "evaluate", "bench"]
+COMMANDS = [
+    "demo",
+    "phantom",
+    "convert-dicom",
+    "check-data",
+    "train",
+    "predict",
+    "evaluate",
+    "analyze",
+    "bench",
+]
 
 
 def _error_line(result) -> str:
@@ -37,6 +47,25 @@ def test_phantom_then_check_data_is_clean(tmp_path: Path) -> None:
     assert len(list((tmp_path / "cohort" / "imagesTr").glob("*_0001.nii.gz"))) == 3
     result = runner.invoke(app, ["check-data", str(tmp_path / "cohort")])
     assert result.exit_code == 0, result.output
+
+
+def test_phantom_mimics_change_the_pet_only(tmp_path: Path) -> None:
+    """``--mimics`` adds hot foci to the PET and leaves the CT and the masks as they were."""
+    for name, extra in (("plain", []), ("mimics", ["--mimics", "3"])):
+        result = runner.invoke(
+            app, ["phantom", "--out", str(tmp_path / name), "--cases", "2", "--layout", "flat", *extra]
+        )
+        assert result.exit_code == 0, result.output
+    for suffix in ("ct", "seg", "pet"):
+        for case in ("phantom_000", "phantom_001"):
+            plain, mimicked = (
+                np.asarray(nib.load(tmp_path / folder / f"{case}_{suffix}.nii.gz").dataobj)
+                for folder in ("plain", "mimics")
+            )
+            assert np.array_equal(plain, mimicked) == (suffix != "pet"), (case, suffix)
+    result = runner.invoke(app, ["phantom", "--out", str(tmp_path / "bad"), "--mimics", "-1"])
+    assert result.exit_code == 1
+    assert "--mimics must be 0 or more" in _error_line(result)
 
 
 def test_check_data_reports_a_missing_partner(tmp_path: Path) -> None:
@@ -120,3 +149,14 @@ def test_convert_dicom_needs_a_series(tmp_path: Path) -> None:
 def test_bench_needs_a_choice() -> None:
     result = runner.invoke(app, ["bench"])
     assert result.exit_code == 1
+
+
+def test_convert_dicom_rtstruct_with_one_roi_needs_no_roi_name(shared_data: Path, tmp_path: Path) -> None:
+    """Like ``convert_dicom``: ``--roi`` may be left out when the RTSTRUCT holds one ROI (STS_003)."""
+    case = shared_data / "sts-petct" / "sts_images" / "STS_003" / "PET" / "dicom"
+    arguments = ["convert-dicom", "--pet", str(case / "image"), "--out", str(tmp_path / "out")]
+    result = runner.invoke(app, [*arguments, "--rtstruct", str(case / "mask" / "RS.dcm")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "mask.nii.gz").is_file()
+    result = runner.invoke(app, [*arguments, "--roi", "GTV"])
+    assert result.exit_code == 1 and "--rtstruct" in _error_line(result)

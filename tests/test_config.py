@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
-from h2aseg.training.config import SCHEMA, resolve_config, save_config
+from h2aseg.config import RunConfig, checkpoint_config, resolve_config, save_config, to_plain
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -25,7 +26,7 @@ def minimal(tmp_path: Path) -> Path:
 
 def test_defaults_are_filled(minimal: Path) -> None:
     config = resolve_config(minimal)
-    assert set(config) == set(SCHEMA)
+    assert set(config) == {f.name for f in dataclasses.fields(RunConfig)}
     assert config["optim"] == {
         "lr": 1.0e-4,
         "weight_decay": 1.0e-5,
@@ -90,7 +91,7 @@ def test_multiclass_target_turns_binarisation_off(minimal: Path) -> None:
         ({}, ["trainer.max_epochs"], "not of the form"),
         ({}, ["data.target=ternary"], r"data\.target must be one of"),
         ({}, ["model.name=no-such-net"], r"model\.name='no-such-net' is not one of"),
-        ({"preprocess": {"patch_sz": [1, 2, 3]}}, [], "unknown preprocess option"),
+        ({"preprocess": {"patch_sz": [1, 2, 3]}}, [], r"unknown key preprocess\.patch_sz"),
         ({"preprocess": {"binarize_label": False}}, [], "contradicts data.target=binary"),
         ({}, ["classes={0: bg, 1: a, 2: b}"], "binary needs exactly two classes"),
         ({}, ["inference.overlap=1.5"], r"inference\.overlap must be in"),
@@ -141,3 +142,47 @@ def test_shipped_configs_resolve(name: str) -> None:
         assert config["trainer"]["max_epochs"] == 200 and config["trainer"]["batch_size"] == 2
         assert config["preprocess"]["patch_size"] == [128, 128, 64]
         assert config["preprocess"]["samples_per_volume"] == 2
+
+
+def test_typed_access_and_dict_access_agree(minimal: Path) -> None:
+    config = resolve_config(minimal, ["trainer.batch_size=3"])
+    assert config.trainer.batch_size == config["trainer"]["batch_size"] == 3
+    assert config.trainer.max_steps is None
+    assert resolve_config(minimal, ["trainer.max_steps=40"]).trainer.max_steps == 40
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.batchsize=2", r"override 'trainer\.batchsize=2': unknown key trainer\.batchsize"),
+        ("trainer.max_steps=many", r"override 'trainer\.max_steps=many': trainer\.max_steps must be int"),
+        ("trainer.devices=[a, 1]", r"trainer\.devices must be an int, a list of device indices"),
+        ("trainer.limit_train_batches=true", r"trainer\.limit_train_batches must be null, an int or a float"),
+        ("preprocess.cache_dir=/tmp/x", r"unknown key preprocess\.cache_dir"),
+        ("preprocess.patch_size=[32, 32]", "patch_size must be three positive ints"),
+    ],
+)
+def test_override_errors_name_the_override(minimal: Path, override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        resolve_config(minimal, [override])
+
+
+def test_file_errors_do_not_blame_an_override(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"model": {"name": "unet3d"}, "trainer": {"batch_size": "two"}})
+    with pytest.raises(ValueError, match=r"run\.yaml: trainer\.batch_size must be int") as error:
+        resolve_config(path, ["trainer.max_epochs=3"])
+    assert "override" not in str(error.value)
+
+
+def test_old_checkpoint_config_still_loads(minimal: Path) -> None:
+    """A config saved by the hand-written schema: plain dict, preprocess.cache_dir, no trainer.max_steps."""
+    old = to_plain(resolve_config(minimal))
+    old["preprocess"]["cache_dir"] = None
+    del old["trainer"]["max_steps"]
+    old["data"]["split_ratios"] = [6, 2, 2]
+    loaded = checkpoint_config(old, "old.ckpt")
+    assert isinstance(loaded, dict) and "cache_dir" not in loaded["preprocess"]
+    assert loaded["trainer"]["max_steps"] is None
+    assert loaded["model"] == {"name": "unet3d", "features": [2] * 6}
+    with pytest.raises(ValueError, match=r"old\.ckpt: no resolved config"):
+        checkpoint_config({"preprocess": {}}, "old.ckpt")

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from h2aseg.config import resolve_config
 from h2aseg.data.splits import Split
-from h2aseg.demo import phantom_config_path, run_demo
-from h2aseg.training.config import resolve_config
-from h2aseg.training.module import build_network
+from h2aseg.inference.checkpoint import build_network
+from h2aseg.pipeline.demo import phantom_config_path, run_demo
 
 
 @pytest.mark.slow

@@ -13,11 +13,10 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from h2aseg.data.dicom import CT_IMAGE_STORAGE, DicomSuvError, convert_dicom, read_ct_hu, read_pet_suv
-from h2aseg.data.rtstruct import RtStructError, rtstruct_to_mask
-from h2aseg.data.suv import PET_IMAGE_STORAGE
+from h2aseg.data.dicom.rtstruct import RtStructError, rtstruct_to_mask
+from h2aseg.data.dicom.series import CT_IMAGE_STORAGE, DicomSuvError, convert_dicom, read_ct_hu, read_pet_suv
+from h2aseg.data.dicom.suv import PET_IMAGE_STORAGE
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FRAME_UID = "1.2.826.0.1.3680043.8.498.2"
 PET_SLOPES = (0.5, 1.0, 2.0, 0.25)
 PET_FACTOR = 70000 / (3.7e8 * math.exp(-math.log(2) * 3600 / 6588))  # 70 kg, 370 MBq, 1 h, 18F
@@ -194,43 +193,41 @@ def test_convert_dicom_write_failure_leaves_nothing(tmp_path: Path, monkeypatch:
 
 
 @pytest.fixture(scope="module")
-def raw_sts_pet() -> sitk.Image:
-    folder = SHARED / "sts-petct" / "sts_images_raw" / "STS_001" / "FDG_PET"
-    if not folder.exists():
-        pytest.skip(f"shared data not found at {folder}")
+def raw_sts_pet(shared_data: Path) -> sitk.Image:
+    folder = shared_data / "sts-petct" / "sts_images_raw" / "STS_001" / "FDG_PET"
     return read_pet_suv(folder / "image")
 
 
-def test_raw_ge_whole_body_pet(raw_sts_pet: sitk.Image) -> None:
+def test_raw_ge_whole_body_pet(raw_sts_pet: sitk.Image, shared_data: Path) -> None:
     """267 GE slices, a slope each: SUVmax 66.52 and MIRP's cropped SUV image to 1e-3."""
     suv = sitk.GetArrayFromImage(raw_sts_pet)
     assert suv.shape == (267, 128, 128)
     assert float(suv.max()) == pytest.approx(66.52, abs=0.005)
-    cropped = sitk.ReadImage(str(SHARED / "sts-petct/sts_images/STS_001/PET/nifti/image/image.nii.gz"))
+    cropped = sitk.ReadImage(str(shared_data / "sts-petct/sts_images/STS_001/PET/nifti/image/image.nii.gz"))
     on_crop = sitk.Resample(raw_sts_pet, cropped, sitk.Transform(), sitk.sitkNearestNeighbor)
     np.testing.assert_allclose(sitk.GetArrayFromImage(on_crop), sitk.GetArrayFromImage(cropped), atol=1e-3)
 
 
-def test_raw_rtstruct_gtv_on_whole_body_grid(raw_sts_pet: sitk.Image, tmp_path: Path) -> None:
+def test_raw_rtstruct_gtv_on_whole_body_grid(
+    raw_sts_pet: sitk.Image, tmp_path: Path, shared_data: Path
+) -> None:
     """The GTV of the raw RTSTRUCT on the whole-body grid is MIRP's cropped mask, voxel for voxel."""
-    rtstruct = SHARED / "sts-petct" / "sts_images_raw" / "STS_001" / "FDG_PET" / "mask" / "1-1.dcm"
+    rtstruct = shared_data / "sts-petct" / "sts_images_raw" / "STS_001" / "FDG_PET" / "mask" / "1-1.dcm"
     mask = rtstruct_to_mask(rtstruct, "gtv_mass", raw_sts_pet)
     assert mask.GetSize() == raw_sts_pet.GetSize()
-    cropped = sitk.ReadImage(str(SHARED / "sts-petct/sts_images/STS_001/PET/nifti/mask/mask.nii.gz"))
+    cropped = sitk.ReadImage(str(shared_data / "sts-petct/sts_images/STS_001/PET/nifti/mask/mask.nii.gz"))
     on_crop = sitk.GetArrayFromImage(sitk.Resample(mask, cropped, sitk.Transform(), sitk.sitkNearestNeighbor))
     np.testing.assert_array_equal(on_crop, sitk.GetArrayFromImage(cropped))
     assert sitk.GetArrayFromImage(mask).sum() == 5095
-    cropped_pet = SHARED / "sts-petct" / "sts_images" / "STS_001" / "PET" / "dicom" / "image"
+    cropped_pet = shared_data / "sts-petct" / "sts_images" / "STS_001" / "PET" / "dicom" / "image"
     with pytest.raises(ValueError, match="GTV_Edema"):
         convert_dicom(None, cropped_pet, tmp_path / "ambiguous", rtstruct=rtstruct)
     assert not (tmp_path / "ambiguous").exists()
 
 
-def test_cropped_sts_convert_matches_mirp_nifti(tmp_path: Path) -> None:
+def test_cropped_sts_convert_matches_mirp_nifti(tmp_path: Path, shared_data: Path) -> None:
     """GML PET (factor 1, not scaled again), CT onto the PET grid, GTV mask: as MIRP's NIfTI."""
-    case = SHARED / "sts-petct" / "sts_images" / "STS_003"
-    if not case.exists():
-        pytest.skip(f"shared data not found at {case}")
+    case = shared_data / "sts-petct" / "sts_images" / "STS_003"
     rtstruct = case / "PET" / "dicom" / "mask" / "RS.dcm"
     written = convert_dicom(
         case / "CT" / "dicom" / "image", case / "PET" / "dicom" / "image", tmp_path, rtstruct

@@ -13,12 +13,12 @@ import nibabel as nib
 import numpy as np
 import yaml
 
-from h2aseg.data.phantom import write_cohort
-from h2aseg.data.phantom_sampling import PRESETS
-from h2aseg.data.phantom_shapes import Grid
+from h2aseg.config import resolve_config
 from h2aseg.evaluation.evaluate import evaluate_folder
 from h2aseg.inference.predictor import Predictor
-from h2aseg.training.config import resolve_config
+from h2aseg.phantom.cohort import write_cohort
+from h2aseg.phantom.sampling import PRESETS
+from h2aseg.phantom.shapes import Grid
 from h2aseg.training.train import train
 
 TINY_HECKTOR = dataclasses.replace(

@@ -19,9 +19,9 @@ from h2aseg.data.layouts import (
     list_case_files,
     read_dataset,
 )
-from h2aseg.data.phantom import write_cohort
-from h2aseg.data.phantom_sampling import PRESETS
-from h2aseg.data.phantom_shapes import Grid
+from h2aseg.phantom.cohort import write_cohort
+from h2aseg.phantom.sampling import PRESETS
+from h2aseg.phantom.shapes import Grid
 
 # Coarse grids keep every test well under a second.
 TINY = dataclasses.replace(

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from h2aseg.evaluation.evaluate import evaluate_folder
-from h2aseg.evaluation.metrics import AUTOPET_CONNECTIVITY
+from h2aseg.io import LESION_CONNECTIVITY
 
 Evaluated = tuple[Path, dict[str, dict[str, str]], dict]
 AFFINE = np.diag([2.0364, 2.0364, 3.0, 1.0])
@@ -92,7 +92,7 @@ def evaluated(tmp_path: Path) -> Evaluated:
 
 
 def test_connectivity_is_18() -> None:
-    assert AUTOPET_CONNECTIVITY == 18
+    assert LESION_CONNECTIVITY == 18
 
 
 def test_every_case_equals_autopet_iii(evaluated: Evaluated) -> None:

@@ -8,11 +8,11 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
-from h2aseg.demo import phantom_config_path
+from h2aseg.config import resolve_config
 from h2aseg.models import build_model
 from h2aseg.models.fusion_blocks import pad_input
 from h2aseg.models.nestedformer import WindowAttention, _resample
-from h2aseg.training.config import resolve_config
+from h2aseg.pipeline.demo import phantom_config_path
 from h2aseg.training.module import SegmentationModule
 
 SMALL = {

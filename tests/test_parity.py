@@ -16,13 +16,11 @@ from h2aseg.models.h2aseg import H2ASeg
 
 TOLERANCE = 1e-4
 TINY_FIXTURE = Path(__file__).parent / "data" / "official-parity" / "h2aseg_official_tiny_32x32x16.pt"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-DEFAULT_FIXTURE = SHARED_DATA / "official-parity" / "h2aseg_official_64x64x32.pt"
 
 
 def load_fixture(path: Path) -> dict:
     if not path.exists():
-        pytest.skip(f"parity fixture {path} is absent (shared data not next to the repository)")
+        pytest.skip(f"parity fixture {path} is absent")
     return torch.load(path, weights_only=True)
 
 
@@ -58,8 +56,8 @@ def test_parity_tiny_fixture() -> None:
 
 
 @pytest.mark.slow
-def test_parity_default_configuration() -> None:
-    check_parity(load_fixture(DEFAULT_FIXTURE))
+def test_parity_default_configuration(shared_data: Path) -> None:
+    check_parity(load_fixture(shared_data / "official-parity" / "h2aseg_official_64x64x32.pt"))
 
 
 def test_converter_maps_all_269_official_tensors() -> None:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from h2aseg.data.anatomy import LESION_INDEX_BASE, TISSUE_INDEX, TISSUES
-from h2aseg.data.phantom import (
+from h2aseg.phantom.anatomy import LESION_INDEX_BASE, TISSUE_INDEX, TISSUES
+from h2aseg.phantom.cohort import (
     PhantomCase,
     _pet_acquisition,
     cohort_plan,
@@ -20,8 +20,8 @@ from h2aseg.data.phantom import (
     threshold_baseline_dice,
     write_cohort,
 )
-from h2aseg.data.phantom_sampling import PRESETS, sample_case_parameters
-from h2aseg.data.phantom_shapes import Grid
+from h2aseg.phantom.sampling import PRESETS, sample_case_parameters
+from h2aseg.phantom.shapes import Grid
 
 ORGANS_WITH_UPTAKE = (
     "myocardium",

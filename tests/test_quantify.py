@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from h2aseg.inference.quantify import (
+from h2aseg.evaluation.quantify import (
     CSV_COLUMNS,
     atomic_output,
     case_summary,
@@ -200,14 +200,10 @@ def test_atomic_output_leaves_nothing_on_error(tmp_path: Path) -> None:
     [("STS_001", 5095, 7.9107, 2.5551), ("STS_002", 555, 21.6757, 7.3696), ("STS_003", 817, 10.2653, 5.8163)],
 )
 def test_real_gtv_statistics_match_the_fixture_notes(
-    case: str, n_voxels: int, suv_max: float, suv_mean: float
+    case: str, n_voxels: int, suv_max: float, suv_mean: float, shared_data: Path
 ) -> None:
     """Soft-tissue sarcoma PET with its GTV (``sts-petct/SOURCE.md`` lists these figures)."""
-    folder = (
-        Path(__file__).resolve().parents[2] / "shared" / "data" / "sts-petct" / "sts_images" / case / "PET"
-    )
-    if not folder.is_dir():
-        pytest.skip(f"real PET/CT fixture {folder} is absent")
+    folder = shared_data / "sts-petct" / "sts_images" / case / "PET"
     pet = nib.load(folder / "nifti" / "image" / "image.nii.gz")
     mask = np.asarray(nib.load(folder / "nifti" / "mask" / "mask.nii.gz").dataobj) > 0
 

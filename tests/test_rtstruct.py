@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from h2aseg.data.rtstruct import (
+from h2aseg.data.dicom.rtstruct import (
     FRAME_OF_REFERENCE_KEY,
     RT_STRUCTURE_SET_STORAGE,
     RtStructError,
@@ -20,7 +20,6 @@ from h2aseg.data.rtstruct import (
     rtstruct_to_mask,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FRAME_UID = "1.2.826.0.1.3680043.8.498.1"
 
 
@@ -158,11 +157,9 @@ def test_contours_outside_the_grid_give_an_empty_mask(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("modality", ["PET", "CT"])
-def test_sts_gtv_matches_mirp_mask(modality: str) -> None:
+def test_sts_gtv_matches_mirp_mask(modality: str, shared_data: Path) -> None:
     """MIRP's voxelised GTV (NIfTI) of the cropped STS_002 images, same grid: Dice 1.0 measured."""
-    case = SHARED / "sts-petct" / "sts_images" / "STS_002" / modality
-    if not case.exists():
-        pytest.skip(f"shared data not found at {case}")
+    case = shared_data / "sts-petct" / "sts_images" / "STS_002" / modality
     rtstruct = case / "dicom" / "mask" / "RS.dcm"
     image = pydicom.dcmread(next((case / "dicom" / "image").iterdir()), stop_before_pixels=True)
     reference_mask = sitk.ReadImage(str(case / "nifti" / "mask" / "mask.nii.gz"))

@@ -24,11 +24,11 @@ from monai.data import Dataset
 from monai.transforms import Compose, RandGaussianNoised
 from torch import nn
 
-from h2aseg.data.phantom import write_cohort
-from h2aseg.data.phantom_sampling import PRESETS
-from h2aseg.data.phantom_shapes import Grid
+from h2aseg.config import resolve_config
 from h2aseg.data.splits import Split
-from h2aseg.training.config import resolve_config
+from h2aseg.phantom.cohort import write_cohort
+from h2aseg.phantom.sampling import PRESETS
+from h2aseg.phantom.shapes import Grid
 from h2aseg.training.datamodule import EpochIndexSampler, EpochSeededDataset, PETCTDataModule
 from h2aseg.training.module import SegmentationModule
 from h2aseg.training.train import AtomicCheckpointIO, run_training, train

@@ -21,7 +21,6 @@ from h2aseg.data.transforms import (
     val_transforms,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BODY = (slice(4, 16), slice(3, 15), slice(2, 10))  # body box of the small case, 12 x 12 x 8 voxels
 
 
@@ -95,7 +94,7 @@ def hecktor_case(tmp_path: Path) -> tuple[dict[str, str], np.ndarray, np.ndarray
 
 
 def test_config_round_trip_and_validation() -> None:
-    cfg = PreprocessConfig(target_spacing_mm=(2.0, 2.0, 3.0), patch_size=(64, 64, 32), cache_dir="c")
+    cfg = PreprocessConfig(target_spacing_mm=(2.0, 2.0, 3.0), patch_size=(64, 64, 32))
     plain = cfg.to_dict()
     json.dumps(plain)  # plain types only
     assert plain["patch_size"] == [64, 64, 32]
@@ -248,10 +247,8 @@ def test_cached_training_dataset_loads_batches(pet_grid_case: tuple, tmp_path: P
     assert make_dataset([item], pipeline, None)[0][0]["image"].shape == (2, 8, 8, 8)
 
 
-def test_real_sts_petct_case_on_pet_grid() -> None:
-    case_dir = SHARED_DATA / "sts-petct" / "sts_images" / "STS_001"
-    if not case_dir.is_dir():
-        pytest.skip(f"real PET/CT data not found at {case_dir} (shared data folder absent)")
+def test_real_sts_petct_case_on_pet_grid(shared_data: Path) -> None:
+    case_dir = shared_data / "sts-petct" / "sts_images" / "STS_001"
     item = {
         "ct": str(case_dir / "CT" / "nifti" / "image" / "image.nii.gz"),
         "pet": str(case_dir / "PET" / "nifti" / "image" / "image.nii.gz"),

@@ -12,8 +12,6 @@ from any thread or process without a display.
 from __future__ import annotations
 
 import csv
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +22,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from nibabel import processing as nib_processing
+
+from h2aseg.io import LESION_CONNECTIVITY, atomic_output
 
 PREDICTION_COLOUR = "#e8112d"
 TRUTH_COLOUR = "#1f9e3a"
@@ -246,16 +246,12 @@ def _label_directions(axes: Axes, left_right: tuple[str, str]) -> None:
 
 def _legend_text(name: str, lesion_mask: np.ndarray, spacing: np.ndarray) -> str:
     """``"prediction: 3 lesions, MTV 12.4 mL"``, lesions counted 18-connected like the report."""
-    _, count = cc3d.connected_components(lesion_mask, connectivity=18, return_N=True)
+    _, count = cc3d.connected_components(lesion_mask, connectivity=LESION_CONNECTIVITY, return_N=True)
     mtv_ml = float(lesion_mask.sum()) * float(np.prod(spacing)) / 1000.0
     return f"{name}: {count} lesion{'s' if count != 1 else ''}, MTV {mtv_ml:.1f} mL"
 
 
 def _save_atomic(figure: Figure, out_png: Path) -> None:
     """Render ``figure`` as PNG under a temporary name beside ``out_png``, then rename it."""
-    temporary = out_png.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{out_png.name}")
-    try:
+    with atomic_output(out_png) as temporary:
         figure.savefig(temporary, format="png", dpi=100)
-        os.replace(temporary, out_png)
-    finally:
-        temporary.unlink(missing_ok=True)

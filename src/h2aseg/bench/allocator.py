@@ -8,11 +8,12 @@ seconds, user and system CPU seconds and minor page faults.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+
+from h2aseg.bench.harness import run_fresh
 
 STEP_SCRIPT = """
-import json, resource, sys, time, torch
+import json, sys, torch
+from h2aseg.bench.harness import time_steps
 from h2aseg.cpu_allocator import keep_freed_memory
 from h2aseg.models import build_model
 tuned, size, batch, steps, threads = json.loads(sys.argv[1])
@@ -27,15 +28,7 @@ def step():
     optimiser.zero_grad()
     sum(torch.nn.functional.cross_entropy(o, y) for o in model.forward_deep(x)).backward()
     optimiser.step()
-for _ in range(2):  # warm-up: the heap grows to its working size
-    step()
-before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-for _ in range(steps):
-    step()
-after, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - started
-print(json.dumps({"seconds": wall / steps, "user_s": (after.ru_utime - before.ru_utime) / steps,
-    "system_s": (after.ru_stime - before.ru_stime) / steps,
-    "page_faults": (after.ru_minflt - before.ru_minflt) / steps}))
+print(json.dumps(time_steps(step, steps, warmup=2).means()))  # warm-up: the heap grows to its working size
 """
 
 
@@ -44,6 +37,4 @@ def step_costs(
 ) -> dict[str, float]:
     """Per-step ``seconds``, ``user_s``, ``system_s`` and ``page_faults`` of a fresh process."""
     arguments = json.dumps([tuned, list(size), batch, steps, threads])
-    command = [sys.executable, "-c", STEP_SCRIPT, arguments]
-    completed = subprocess.run(command, capture_output=True, text=True, check=True, timeout=1800)
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_fresh(["-c", STEP_SCRIPT, arguments], timeout_s=1800)

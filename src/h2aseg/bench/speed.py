@@ -10,17 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
-import resource
-import statistics
-import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 
 from rich.progress import track
+
+from h2aseg.bench.harness import BenchmarkError, machine, peak_rss_mb, run_fresh, time_steps
+from h2aseg.io import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +52,6 @@ class SpeedResult:
     error: str | None = None
 
 
-def _peak_rss_gb() -> float:
-    """Peak resident set size of this process in GB (Linux reports kB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-
-
 def _small_overrides(name: str, size: tuple[int, int, int], quick: bool) -> dict:
     """Constructor overrides: fixed-size models get the patch size; quick mode shrinks widths."""
     overrides: dict = {}
@@ -84,10 +77,11 @@ def measure(
 ) -> SpeedResult:
     """Measure one model in this process (called in a fresh subprocess by :func:`run_speed_benchmark`)."""
     import torch
-    from monai.inferers import sliding_window_inference
     from torch.utils.flop_counter import FlopCounterMode
 
+    from h2aseg.inference.predictor import sliding_window_logits
     from h2aseg.models import build_model
+    from h2aseg.models.registry import DeeplySupervised
 
     result = SpeedResult(name, task, size, batch, device, dtype)
     torch.manual_seed(0)
@@ -118,10 +112,12 @@ def measure(
         result.gflops_forward = counter.get_total_flops() / 1e9
         model.train()
 
+        deep = isinstance(model, DeeplySupervised)
+
         def step() -> None:
             optimiser.zero_grad(set_to_none=True)
             with autocast():
-                outputs = model.forward_deep(inputs) if hasattr(model, "forward_deep") else [model(inputs)]
+                outputs = model.forward_deep(inputs) if deep else [model(inputs)]
                 loss = sum(torch.nn.functional.cross_entropy(o.float(), target) for o in outputs)
                 if hasattr(model, "auxiliary_loss"):  # branch and consistency terms (A2FSeg, SDB)
                     loss = loss + model.auxiliary_loss(
@@ -139,22 +135,17 @@ def measure(
 
         def step() -> None:
             with torch.inference_mode(), autocast():
-                sliding_window_inference(
-                    volume, patch, sw_batch_size=batch, predictor=model, overlap=0.25, mode="gaussian"
-                )
+                sliding_window_logits(model, volume, patch, batch, overlap=0.25, mode="gaussian")
 
     if use_cuda:
         torch.cuda.reset_peak_memory_stats()
     # A whole volume warms up on one window: a full warm-up pass would double the cost of the largest sizes.
-    (warm_up if task == "volume" else step)()
-    for _ in range(repeats):
-        synchronise()
-        started = time.perf_counter()
-        step()
-        synchronise()
-        result.seconds_all.append(time.perf_counter() - started)
-    result.seconds_median = statistics.median(result.seconds_all)
-    result.peak_memory_gb = torch.cuda.max_memory_allocated() / 1024**3 if use_cuda else _peak_rss_gb()
+    if task == "volume":
+        warm_up()
+    times = time_steps(step, repeats, warmup=0 if task == "volume" else 1, synchronise=synchronise)
+    result.seconds_all = times.seconds
+    result.seconds_median = times.seconds_median
+    result.peak_memory_gb = torch.cuda.max_memory_allocated() / 1024**3 if use_cuda else peak_rss_mb() / 1024
     if task == "train" and result.gflops_forward:
         # forward + backward is about three forwards, per sample of the batch
         result.tflops_achieved = 3 * result.gflops_forward * batch / result.seconds_median / 1e3
@@ -163,20 +154,14 @@ def measure(
 
 def _measure_in_subprocess(args: dict, timeout_s: float) -> SpeedResult:
     """Run :func:`measure` in a fresh interpreter and parse its JSON answer."""
-    command = [sys.executable, "-m", "h2aseg.bench.speed", json.dumps(args)]
     base = SpeedResult(
         args["name"], args["task"], tuple(args["size"]), args["batch"], args["device"], args["dtype"]
     )
     try:
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        base.error = f"timed out after {timeout_s:.0f} s"
+        answer = run_fresh(["-m", "h2aseg.bench.speed", json.dumps(args)], timeout_s=timeout_s)
+    except BenchmarkError as error:
+        base.error = str(error)
         return base
-    if completed.returncode != 0:
-        lines = (completed.stderr or "no output").strip().splitlines()
-        base.error = lines[-1] if lines else f"exit code {completed.returncode}"
-        return base
-    answer = json.loads(completed.stdout.strip().splitlines()[-1])
     answer["size"] = tuple(answer["size"])
     return SpeedResult(**answer)
 
@@ -237,30 +222,15 @@ def run_speed_benchmark(
     return results
 
 
-def _machine() -> str:
-    if platform.system() == "Linux":
-        cpu = next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            platform.processor(),
-        )
-    else:
-        cpu = platform.processor()
-    return f"{cpu}, {os.cpu_count()} cores, threads {os.environ.get('OMP_NUM_THREADS', 'all')}"
-
-
 def write_results(results: list[SpeedResult], out_dir: Path, device: str, quick: bool) -> Path:
     """Write the JSON and a Markdown table; returns the Markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = f"{device.split(':')[0]}{'_quick' if quick else ''}"
-    meta = {"date": date.today().isoformat(), "machine": _machine(), "command": " ".join(sys.argv)}
+    meta = {"date": date.today().isoformat(), "machine": machine(), "command": " ".join(sys.argv)}
     json_path = out_dir / f"speed_{suffix}.json"
-    temporary = json_path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=2))
-    os.replace(temporary, json_path)
+    write_text_atomic(
+        json_path, json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=2)
+    )
     lines = [
         f"# Speed and memory ({device}, {meta['date']})",
         "",

@@ -18,6 +18,7 @@ from rich.progress import track
 from rich.table import Table
 
 from h2aseg.data import layouts
+from h2aseg.io import overlap_problem, world_box_mm
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,18 @@ PET_MIN_ACTIVITY_BQML = 1000.0
 """A PET maximum above this looks like activity concentration in Bq/mL rather than SUV."""
 GRID_TOLERANCE_MM = 1e-3
 """Two grids are the same when their affines agree to this many mm."""
+CT_MIN_HU = -3100.0
+"""Below this a CT is not in HU (scanners pad outside the field of view with -3024 HU at most)."""
+CT_AIR_MAX_HU = -500.0
+"""A CT whose minimum is above this has no air: raw stored values, or a normalised image, not HU."""
+MIN_CT_COVERAGE = 0.75
+"""Default least fraction of the PET's body extent along z (superior-inferior) that the CT must cover
+(HECKTOR-like studies, whose PET reaches further than the CT, measure about 0.8 on the phantom)."""
+MIN_CT_COVERAGE_TRANSVERSE = 0.5
+"""Least fraction along x and y (left-right, anterior-posterior) when the z check is on: a CT's
+reconstructed field of view (about 500 mm) is often narrower than the PET's (about 700 mm)."""
+PET_BODY_FRACTION = 0.1
+"""PET voxels above this fraction of the PET's 99th percentile are the body (whatever the units)."""
 MODALITIES = ("ct", "pet", "label")
 
 
@@ -56,13 +69,6 @@ def _spatial_shape(header: nib.Nifti1Header) -> tuple[int, ...]:
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     return shape
-
-
-def _world_box(image: nib.spatialimages.SpatialImage) -> np.ndarray:
-    """RAS mm bounding box ``(2, 3)`` (min, max) of the voxel centres of a 3-D image."""
-    corners = np.array(list(itertools.product(*[(0, n - 1) for n in image.shape[:3]])), dtype=float)
-    world = nib.affines.apply_affine(image.affine, corners)
-    return np.stack([world.min(axis=0), world.max(axis=0)])
 
 
 def _same_grid(first: nib.spatialimages.SpatialImage, second: nib.spatialimages.SpatialImage) -> bool:
@@ -93,9 +99,9 @@ def _check_geometry(case_id: str, images: dict[str, nib.spatialimages.SpatialIma
     problems = []
     ct, pet, label = (images.get(key) for key in MODALITIES)
     if ct is not None and pet is not None:
-        ct_box, pet_box = _world_box(ct), _world_box(pet)
-        if np.any(ct_box[0] > pet_box[1]) or np.any(pet_box[0] > ct_box[1]):
-            message = f"CT and PET ({Path(pet.get_filename()).name}) do not overlap in space"
+        problem = overlap_problem(ct, pet)
+        if problem is not None:
+            message = f"{problem} (PET file {Path(pet.get_filename()).name})"
             problems.append(Problem(case_id, str(ct.get_filename()), message))
     if label is not None:
         grids = [image for image in (pet, ct) if image is not None]
@@ -123,19 +129,41 @@ def _check_pet_values(case_id: str, path: Path, pet: np.ndarray) -> list[Problem
     return problems
 
 
-def _check_values(
-    case_id: str, role: str, image: nib.spatialimages.SpatialImage, labels: set[int]
-) -> list[Problem]:
-    """Reads the voxels: corruption, NaN/inf, label values, SUV plausibility."""
-    path = Path(image.get_filename())
+def _read_voxels(
+    case_id: str, image: nib.spatialimages.SpatialImage
+) -> tuple[np.ndarray | None, list[Problem]]:
+    """The voxels of ``image``, or a problem when its data cannot be read."""
     try:
-        voxels = np.asanyarray(image.dataobj)
+        return np.asanyarray(image.dataobj), []
     except Exception as error:  # truncated gzip: EOFError, zlib.error, OSError, ValueError ...
-        return [
-            Problem(
-                case_id, str(path), f"corrupt image data, cannot be read ({type(error).__name__}: {error})"
-            )
-        ]
+        message = f"corrupt image data, cannot be read ({type(error).__name__}: {error})"
+        return None, [Problem(case_id, str(image.get_filename()), message)]
+
+
+def _check_ct_values(case_id: str, path: Path, ct: np.ndarray) -> list[Problem]:
+    """CT must look like Hounsfield units: air near -1000 present, nothing below the scanners' padding."""
+    low, high = float(np.min(ct)), float(np.max(ct))
+    if low < CT_MIN_HU:
+        return [Problem(case_id, str(path), f"CT minimum {low:.4g} is below {CT_MIN_HU:g}: not in HU")]
+    if low > CT_AIR_MAX_HU:
+        message = (
+            f"CT values [{low:.4g}, {high:.4g}] hold no air (min > {CT_AIR_MAX_HU:g}): not in HU "
+            "(raw stored values or a normalised image?)"
+        )
+        return [Problem(case_id, str(path), message)]
+    return []
+
+
+def _check_values(
+    case_id: str,
+    role: str,
+    path: Path,
+    voxels: np.ndarray,
+    labels: set[int],
+    allow_non_suv: bool = False,
+) -> list[Problem]:
+    """Value checks of one file: NaN/inf, label values, CT in HU, SUV plausibility (unless
+    ``allow_non_suv``: other tracers or units)."""
     if np.issubdtype(voxels.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(voxels)))
         if bad:
@@ -147,18 +175,81 @@ def _check_values(
             shown = ", ".join(f"{v:g}" for v in unexpected[:5])
             message = f"label values {{{shown}}} not in the expected set {sorted(labels)}"
             return [Problem(case_id, str(path), message)]
+    if role == "ct":
+        return _check_ct_values(case_id, path, voxels)
     if role == "pet":
+        if allow_non_suv:
+            zero = float(np.min(voxels)) == 0.0 == float(np.max(voxels))
+            return [Problem(case_id, str(path), "PET is all zero")] if zero else []
         return _check_pet_values(case_id, path, voxels)
     return []
 
 
-def check_case(candidate: layouts.CaseFiles, labels: set[int], label_expected: bool) -> list[Problem]:
+def ct_coverage(ct_box_mm: np.ndarray, pet_voxels: np.ndarray, pet_affine: np.ndarray) -> np.ndarray:
+    """Fraction of the PET's body extent covered by the CT, per world axis.
+
+    Args:
+        ct_box_mm: ``(2, 3)`` lower and upper corners of the CT, world mm.
+        pet_voxels: ``(X, Y, Z)`` PET values; the body is the voxels above ``PET_BODY_FRACTION``
+            of the 99th percentile (finite values only).
+        pet_affine: ``(4, 4)`` voxel index to the same world mm as ``ct_box_mm``.
+
+    Returns:
+        ``(3,)`` fractions in [0, 1] (all 1 for a PET without body).
+    """
+    finite = np.nan_to_num(np.asarray(pet_voxels, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    level = PET_BODY_FRACTION * float(np.percentile(finite, 99))
+    body = np.argwhere(finite > level) if level > 0 else np.empty((0, 3))
+    if len(body) == 0:
+        return np.ones(3)
+    corners = np.array(list(itertools.product(*zip(body.min(axis=0), body.max(axis=0), strict=True))))
+    world = nib.affines.apply_affine(pet_affine, corners.astype(float))
+    body_box = np.stack([world.min(axis=0), world.max(axis=0)])
+    length = np.maximum(body_box[1] - body_box[0], 1e-6)
+    covered = np.minimum(ct_box_mm[1], body_box[1]) - np.maximum(ct_box_mm[0], body_box[0])
+    return np.clip(covered / length, 0.0, 1.0)
+
+
+def coverage_message(fractions: np.ndarray, min_coverage: float) -> str | None:
+    """The refusal of a CT covering less than ``min_coverage`` of the PET body along z, or less than
+    ``min(min_coverage, MIN_CT_COVERAGE_TRANSVERSE)`` along x or y; ``None`` when it covers enough."""
+    transverse = min(min_coverage, MIN_CT_COVERAGE_TRANSVERSE)
+    for axis, least in ((2, min_coverage), (0, transverse), (1, transverse)):
+        if fractions[axis] < least:
+            return (
+                f"CT covers {100 * fractions[axis]:.0f} % of the PET body extent along {'xyz'[axis]} "
+                f"(< {100 * least:.0f} %; another study, or a partial CT?)"
+            )
+    return None
+
+
+def _check_ct_coverage(
+    case_id: str,
+    ct: nib.spatialimages.SpatialImage,
+    pet: nib.spatialimages.SpatialImage,
+    pet_voxels: np.ndarray,
+    min_coverage: float,
+) -> list[Problem]:
+    """The CT (voxel edges) must cover enough of the PET's body extent (RAS mm): :func:`coverage_message`."""
+    message = coverage_message(ct_coverage(world_box_mm(ct), pet_voxels, pet.affine), min_coverage)
+    return [] if message is None else [Problem(case_id, str(ct.get_filename()), message)]
+
+
+def check_case(
+    candidate: layouts.CaseFiles,
+    labels: set[int],
+    label_expected: bool,
+    allow_non_suv: bool = False,
+    min_ct_coverage: float = MIN_CT_COVERAGE,
+) -> list[Problem]:
     """All checks of one case.
 
     Args:
         candidate: the case's files as the layout lists them (with its missing members).
         labels: the label values allowed.
         label_expected: report a missing label file (the dataset has labels for other cases).
+        allow_non_suv: skip the SUV plausibility of the PET (other tracers, other units).
+        min_ct_coverage: least fraction of the PET body extent the CT covers per axis (0 = no check).
 
     Returns:
         The problems found, ``[]`` for a clean case.
@@ -177,9 +268,20 @@ def check_case(candidate: layouts.CaseFiles, labels: set[int], label_expected: b
         problems += header_problems
         if image is not None:
             images[role] = image
-    problems += _check_geometry(case_id, images)
+    geometry_problems = _check_geometry(case_id, images)
+    problems += geometry_problems
     for role, image in images.items():
-        problems += _check_values(case_id, role, image, labels)
+        voxels, read_problems = _read_voxels(case_id, image)
+        problems += read_problems
+        if voxels is None:
+            continue
+        value_problems = _check_values(
+            case_id, role, Path(image.get_filename()), voxels, labels, allow_non_suv
+        )
+        problems += value_problems
+        clean = not (value_problems or geometry_problems)
+        if role == "pet" and clean and "ct" in images and min_ct_coverage > 0:
+            problems += _check_ct_coverage(case_id, images["ct"], image, voxels, min_ct_coverage)
     return problems
 
 

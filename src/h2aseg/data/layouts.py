@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from h2aseg.io import NIFTI_SUFFIXES, write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("autopet", "hecktor", "nnunet", "flat")
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _AUTOPET_FILES = {"ct": "CTres", "pet": "SUV", "label": "SEG"}
 _FLAT_SUFFIXES = {"ct": "_ct", "pet": "_pet", "label": "_seg"}
 _CT_NAMES = {"ct", "ctres"}
@@ -307,12 +307,7 @@ def write_nnunet_dataset_json(
     }
     if patients:
         description["patients"] = patients
-    path = Path(root) / "dataset.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".dataset.json.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(description, indent=2) + "\n")
-    os.replace(temporary, path)
-    return path
+    return write_text_atomic(Path(root) / "dataset.json", json.dumps(description, indent=2) + "\n")
 
 
 def label_mapping(layout: str, target: Literal["binary", "multiclass"]) -> dict[int, int]:

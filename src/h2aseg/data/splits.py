@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from h2aseg.io import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +59,7 @@ class Split:
 
     def save(self, path: Path) -> None:
         """Write the split as JSON (atomically)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps({**asdict(self), "ratios": list(self.ratios)}, indent=2) + "\n")
-        os.replace(temporary, path)
+        write_text_atomic(path, json.dumps({**asdict(self), "ratios": list(self.ratios)}, indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> Split:

@@ -30,10 +30,15 @@ import torch
 from monai import transforms as mt
 from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
 
+from h2aseg.data.augment import augmentations
+
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
-"""Bumped whenever the cached output of the deterministic part changes meaning."""
+CACHE_FORMAT_VERSION = 2
+"""Bumped whenever the cached output of the deterministic part changes meaning (2: crop indices)."""
+
+INDEX_KEYS = ("label_fg_indices", "label_bg_indices")
+"""Keys of the cached flat voxel indices the training crop draws lesion and background centres from."""
 
 # Name prefixes of the config fields that act only after the cached (deterministic) part.
 _RANDOM_STAGE_PREFIXES = (
@@ -76,7 +81,6 @@ class PreprocessConfig:
         intensity_prob: probability of each intensity augmentation (scale, then shift).
         intensity_scale: the scaled image is multiplied by ``1 + U(-s, s)``.
         intensity_shift: ``U(-o, o)`` is added to the scaled image.
-        cache_dir: folder of the on-disk cache of preprocessed cases, ``None`` for no cache.
     """
 
     ct_window_hu: tuple[float, float] = (-1000.0, 1000.0)
@@ -100,7 +104,6 @@ class PreprocessConfig:
     intensity_prob: float = 0.2
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
-    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("ct_window_hu", "pet_clip_suv", "zoom_range"):
@@ -133,8 +136,6 @@ class PreprocessConfig:
         if unknown:
             raise ValueError(f"unknown preprocess option(s) {unknown}; known: {sorted(known)}")
         converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        if converted.get("cache_dir") is not None:
-            converted["cache_dir"] = str(converted["cache_dir"])
         return cls(**converted)
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,6 +212,14 @@ def _scaled_level(value: float, low: float, high: float) -> float:
     return float(np.clip((value - low) / (high - low), 0.0, 1.0))
 
 
+def body_levels(cfg: PreprocessConfig) -> tuple[float, float]:
+    """The body thresholds (CT in HU, PET in SUV) on the scaled image: a voxel above either is body."""
+    return (
+        _scaled_level(cfg.body_threshold_hu, *cfg.ct_window_hu),
+        _scaled_level(cfg.body_threshold_suv, *cfg.pet_clip_suv),
+    )
+
+
 def _deterministic_steps(cfg: PreprocessConfig, with_label: bool) -> list[Any]:
     """The list of deterministic transforms (see :func:`preprocess_transforms`)."""
     keys = ["ct", "pet", "label"] if with_label else ["ct", "pet"]
@@ -235,8 +244,7 @@ def _deterministic_steps(cfg: PreprocessConfig, with_label: bool) -> list[Any]:
     ]
     image_keys = ["image", "label"] if with_label else ["image"]
     if cfg.crop_foreground:
-        ct_level = _scaled_level(cfg.body_threshold_hu, ct_low, ct_high)
-        selector = BodySelector(ct_level, _scaled_level(cfg.body_threshold_suv, pet_low, pet_high))
+        selector = BodySelector(*body_levels(cfg))
         crop_keys = {"start_coord_key": None, "end_coord_key": None, "allow_smaller": True}
         steps.append(
             mt.CropForegroundd(image_keys, "image", selector, margin=cfg.crop_margin_voxels, **crop_keys)
@@ -268,40 +276,22 @@ def preprocess_transforms(cfg: PreprocessConfig, with_label: bool) -> Configured
     return ConfiguredCompose(_deterministic_steps(cfg, with_label), cfg, "label" if with_label else "image")
 
 
-def _augmentations(cfg: PreprocessConfig) -> list[Any]:
-    """Random spatial and intensity augmentations of an ``image``/``label`` patch."""
-    both = ["image", "label"]
-    steps: list[Any] = []
-    if cfg.rotation_prob > 0 and any(cfg.rotation_deg):
-        ranges = dict(
-            zip(("range_x", "range_y", "range_z"), np.deg2rad(cfg.rotation_deg).tolist(), strict=True)
-        )
-        modes = ["bilinear", "nearest"]
-        steps.append(mt.RandRotated(both, **ranges, prob=cfg.rotation_prob, mode=modes, padding_mode="zeros"))
-    if cfg.flip_prob > 0:
-        steps += [mt.RandFlipd(both, prob=cfg.flip_prob, spatial_axis=axis) for axis in cfg.flip_axes]
-    if cfg.zoom_prob > 0:
-        low, high = cfg.zoom_range
-        modes = ["trilinear", "nearest"]
-        steps.append(mt.RandZoomd(both, cfg.zoom_prob, low, high, mode=modes, padding_mode="constant"))
-    if cfg.intensity_prob > 0:
-        steps += [
-            mt.RandScaleIntensityd(["image"], factors=cfg.intensity_scale, prob=cfg.intensity_prob),
-            mt.RandShiftIntensityd(["image"], offsets=cfg.intensity_shift, prob=cfg.intensity_prob),
-        ]
-    return steps
-
-
 def train_transforms(cfg: PreprocessConfig) -> ConfiguredCompose:
-    """Preprocess with labels, pad to the patch, sample patches, augment.
+    """Preprocess with labels, pad to the patch, index lesion/background voxels, sample patches, augment.
 
-    Each call on a case returns a list of ``cfg.samples_per_volume`` dicts with ``"image"``
-    ``(2, *patch_size)`` float32 and ``"label"`` ``(1, *patch_size)`` uint8. Seed with
+    The deterministic part (cached) ends with the flat int32 voxel indices of the lesion
+    (``label > 0``) and of the background inside the body (``label == 0`` and CT or PET above 0
+    after scaling) under ``INDEX_KEYS``; the crop draws its centres from them, and the rotation
+    and zoom act on the patch only. Each call on a case returns a list of ``cfg.samples_per_volume``
+    dicts with ``"image"`` ``(2, *patch_size)`` float32 and ``"label"`` ``(1, *patch_size)`` uint8. Seed with
     ``monai.utils.set_determinism(seed)`` or ``pipeline.set_random_state(seed)``.
     """
     steps = _deterministic_steps(cfg, with_label=True)
     steps += [
         mt.SpatialPadd(keys=["image", "label"], spatial_size=cfg.patch_size, mode="constant"),
+        # Cached with the case: recomputing them scanned the whole volume on every draw.
+        mt.FgBgToIndicesd(keys="label", image_key="image", image_threshold=0.0),
+        mt.CastToTyped(keys=list(INDEX_KEYS), dtype=torch.int32),  # half the bytes; < 2**31 voxels
         mt.RandCropByPosNegLabeld(
             keys=["image", "label"],
             label_key="label",
@@ -309,12 +299,12 @@ def train_transforms(cfg: PreprocessConfig) -> ConfiguredCompose:
             pos=cfg.positive_fraction,
             neg=1.0 - cfg.positive_fraction,
             num_samples=cfg.samples_per_volume,
-            image_key="image",
-            image_threshold=0.0,
+            fg_indices_key=INDEX_KEYS[0],
+            bg_indices_key=INDEX_KEYS[1],
         ),
     ]
     if cfg.augment:
-        steps += _augmentations(cfg)
+        steps += augmentations(cfg)
     steps.append(mt.CastToTyped(keys=["image", "label"], dtype=[torch.float32, torch.uint8]))
     return ConfiguredCompose(steps, cfg, "train")
 
@@ -334,10 +324,17 @@ class _MetaPersistentDataset(PersistentDataset):
 
     The cache stores plain tensors (safe ``torch.load``); this rebuilds the MetaTensor from
     ``preprocessed_affine`` exactly as :class:`FinalizeGeometryd` made it on the first pass.
+    Cached files are loaded memory-mapped, so drawing a patch never copies the whole case.
     """
 
     def _cachecheck(self, item_transformed: Any) -> Any:
-        item = super()._cachecheck(item_transformed)
+        name = self.hash_func(item_transformed).decode("utf-8") + self.transform_hash
+        hashfile = self.cache_dir / f"{name}.pt"
+        if hashfile.is_file():
+            # Memory-mapped: a crop reads only its pages, and workers share the page cache.
+            item = torch.load(hashfile, weights_only=True, mmap=True)
+        else:
+            item = super()._cachecheck(item_transformed)
         if isinstance(item, dict) and "preprocessed_affine" in item:
             for key in ("image", "label"):
                 if key in item and not isinstance(item[key], MetaTensor):

@@ -23,7 +23,7 @@ from rich.progress import track
 
 from h2aseg.evaluation.masks import check_classes, foreground_labels, load_label_map, load_label_pair
 from h2aseg.evaluation.metrics import CaseMetrics, aggregated_dice_of_cases, compute_class_metrics
-from h2aseg.inference.quantify import atomic_output
+from h2aseg.io import NIFTI_SUFFIXES, atomic_output
 
 __all__ = [
     "evaluate_folder",
@@ -36,7 +36,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 TRUTH_MASK_TAGS = ("_seg", "_label", "")
 IMAGE_TAGS = ("_ct", "_pet", "_prob", "_0000", "_0001")
 PREDICTION_TAGS = ("_seg", "")

@@ -32,8 +32,9 @@ import numpy as np
 import torch
 from monai.metrics.utils import get_mask_edges, get_surface_distance
 
+from h2aseg.io import LESION_CONNECTIVITY
+
 __all__ = [
-    "AUTOPET_CONNECTIVITY",
     "CaseMetrics",
     "aggregated_dice",
     "aggregated_dice_of_cases",
@@ -48,9 +49,6 @@ __all__ = [
     "recall",
     "voxel_volume_ml",
 ]
-
-AUTOPET_CONNECTIVITY = 18
-"""Connectivity of the lesion components in the autoPET evaluation (faces and edges, not corners)."""
 
 
 @dataclass(frozen=True)
@@ -251,7 +249,7 @@ def _ratio(numerator: float, denominator: float) -> float:
 def _untouched_component_voxels(mask: np.ndarray, other: np.ndarray) -> int:
     """Voxels of the 18-connected components of ``mask`` that share no voxel with ``other``."""
     labels, n_components = cc3d.connected_components(
-        mask, connectivity=AUTOPET_CONNECTIVITY, return_N=True, out_dtype=np.uint32
+        mask, connectivity=LESION_CONNECTIVITY, return_N=True, out_dtype=np.uint32
     )
     if n_components == 0:
         return 0

@@ -1,7 +1,12 @@
-"""Prediction (sliding window, TTA, original geometry) and lesion quantification."""
+"""Prediction: checkpoints (``checkpoint``), volume to probabilities with sliding window and TTA
+(``predictor``), and the written outputs in the original geometry (``export``).
 
-from h2aseg.inference.predictor import CaseResult, Predictor, predict
-from h2aseg.inference.quantify import Lesion, case_summary, lesion_table, write_lesion_report
+The lesion quantification names are re-exported from ``h2aseg.evaluation.quantify`` where they live.
+"""
+
+from h2aseg.evaluation.quantify import Lesion, case_summary, lesion_table, write_lesion_report
+from h2aseg.inference.export import CaseResult
+from h2aseg.inference.predictor import Predictor
 
 __all__ = [
     "CaseResult",
@@ -9,6 +14,5 @@ __all__ = [
     "Predictor",
     "case_summary",
     "lesion_table",
-    "predict",
     "write_lesion_report",
 ]

@@ -262,10 +262,17 @@ class MCSA(nn.Module):
             raise ValueError(f"MCSA merge must be 'min' or 'window', got {merge!r}")
         kernel = (min(window),) * 3 if merge == "min" else tuple(window)
         self.merge = nn.Conv3d(2 * channels, 2 * channels, kernel, stride=kernel, groups=2)
-        options = (dropout, False, fusion, attention_impl, checkpoint_attention)
-        self.inter = BDSA(channels, channel_scale, None, *options)
+        options = {
+            "channel_scale": channel_scale,
+            "dropout": dropout,
+            "residual": False,
+            "fusion": fusion,
+            "attention_impl": attention_impl,
+            "checkpoint_attention": checkpoint_attention,
+        }
+        self.inter = BDSA(channels, window=None, **options)
         self.act_inter = GroupPReLU(channels)
-        self.intra = BDSA(channels, channel_scale, tuple(window), *options)
+        self.intra = BDSA(channels, window=tuple(window), **options)
         self.act_intra = GroupPReLU(channels)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from h2aseg.models._checks import validate_input
-from h2aseg.models.registry import register_model
+from h2aseg.models.registry import OutputActivation, register_model
 
 __all__ = ["DeepSupervisedPadCropNetwork", "PadCropNetwork", "nnunet_kernels_strides", "validate_input"]
 
@@ -47,7 +46,7 @@ class PadCropNetwork(nn.Module):
     instance and batch normalisation need more than one value there.
     """
 
-    output_activation: Literal["softmax", "sigmoid"] = "softmax"
+    output_activation: OutputActivation = "softmax"
 
     def __init__(
         self,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,10 +18,9 @@ from torch import Tensor, nn
 from h2aseg.models._checks import validate_input
 from h2aseg.models.attention import BDSA, MCSA, AttentionImpl, BDSAFusion, WindowMerge
 from h2aseg.models.blocks import FirstResBlock, PreActResBlock, SegmentationHead
-from h2aseg.models.registry import register_model
+from h2aseg.models.registry import OUTPUT_ACTIVATIONS, OutputActivation, register_model
 from h2aseg.models.tamw import TAMW, TAMWMask
 
-OutputActivation = Literal["softmax", "sigmoid"]
 N_LEVELS = 5
 
 
@@ -89,7 +87,7 @@ class H2ASeg(nn.Module):
         channels = tuple(int(c) for c in channels)
         window_size = tuple(int(w) for w in window_size)
         choices = {
-            "output_activation": (output_activation, ("softmax", "sigmoid")),
+            "output_activation": (output_activation, OUTPUT_ACTIVATIONS),
             "bdsa_fusion": (bdsa_fusion, ("mean", "concat")),
             "attention_impl": (attention_impl, ("sdpa", "naive")),
             "window_merge": (window_merge, ("min", "window")),
@@ -108,13 +106,20 @@ class H2ASeg(nn.Module):
         self.encoder = _dual_encoder(channels, dropout)
         self.interaction = nn.ModuleList()
         if use_mcsa:
-            options = (bdsa_fusion, attention_impl, checkpoint_attention)
+            options = {
+                "dropout": attention_dropout,
+                "fusion": bdsa_fusion,
+                "attention_impl": attention_impl,
+                "checkpoint_attention": checkpoint_attention,
+            }
             self.interaction.extend(
-                MCSA(c, window_size, attention_dropout, 4, *options, window_merge) for c in channels[1:3]
+                MCSA(c, window_size, channel_scale=4, merge=window_merge, **options) for c in channels[1:3]
             )
-            self.interaction.extend(BDSA(c, 1, None, attention_dropout, True, *options) for c in channels[3:])
+            self.interaction.extend(
+                BDSA(c, channel_scale=1, window=None, residual=True, **options) for c in channels[3:]
+            )
         self.tamw = nn.ModuleList(
-            TAMW(channels[k], 2 * channels[k + 1], output_activation, tamw_mask)
+            TAMW(channels[k], 2 * channels[k + 1], output_activation=output_activation, mask=tamw_mask)
             for k in range(N_LEVELS - 1)
             if use_tamw
         )

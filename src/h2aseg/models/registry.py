@@ -8,10 +8,40 @@ network.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, Protocol, runtime_checkable
 
-from torch import nn
+from torch import Tensor, nn
 
 ModelFactory = Callable[..., nn.Module]
+
+OutputActivation = Literal["softmax", "sigmoid"]
+"""How logits become probabilities: softmax over ``C >= 2`` classes (channel 1 is lesion), or a
+sigmoid of one lesion channel."""
+
+OUTPUT_ACTIVATIONS: tuple[OutputActivation, ...] = ("softmax", "sigmoid")
+
+
+@runtime_checkable
+class SegmentationNetwork(Protocol):
+    """The contract of every registered network (``docs/internals.md``).
+
+    ``model(x)`` maps ``(B, 2, X, Y, Z)`` (channel 0 CT, channel 1 PET) to logits
+    ``(B, out_channels, X, Y, Z)``.
+    """
+
+    out_channels: int
+    output_activation: OutputActivation
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class DeeplySupervised(SegmentationNetwork, Protocol):
+    """A network with deep supervision: ``forward_deep(x)`` returns logits at every decoder level,
+    finest first, each at input size."""
+
+    def forward_deep(self, x: Tensor) -> list[Tensor]: ...
+
 
 _REGISTRY: dict[str, ModelFactory] = {}
 
@@ -37,13 +67,34 @@ def list_models() -> list[str]:
 def build_model(name: str, **cfg: object) -> nn.Module:
     """Build the registered network ``name`` with constructor overrides ``cfg``.
 
-    Every network takes ``(B, 2, X, Y, Z)`` (channel 0 CT, channel 1 PET) and returns logits
-    ``(B, out_channels, X, Y, Z)``.
+    Every network satisfies :class:`SegmentationNetwork`: it takes ``(B, 2, X, Y, Z)`` (channel 0 CT,
+    channel 1 PET) and returns logits ``(B, out_channels, X, Y, Z)``.
+
+    Raises:
+        ValueError: unknown name, or a factory whose network breaks the contract.
     """
     _import_all()
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**cfg)
+    model = _REGISTRY[name](**cfg)
+    check_contract(model, name)
+    return model
+
+
+def check_contract(model: nn.Module, name: str) -> None:
+    """Raise ``ValueError`` unless ``model`` is a :class:`SegmentationNetwork` with a valid activation
+    (a sigmoid network has exactly one output channel)."""
+    if not isinstance(model, SegmentationNetwork):
+        raise ValueError(f"model {name!r} lacks out_channels or output_activation (see SegmentationNetwork)")
+    if model.output_activation not in OUTPUT_ACTIVATIONS or int(model.out_channels) < 1:
+        raise ValueError(
+            f"model {name!r}: output_activation must be one of {OUTPUT_ACTIVATIONS} and out_channels >= 1, "
+            f"got {model.output_activation!r} and {model.out_channels}"
+        )
+    if model.output_activation == "sigmoid" and model.out_channels != 1:
+        raise ValueError(
+            f"model {name!r}: a sigmoid network must have one output channel, got {model.out_channels}"
+        )
 
 
 def _import_all() -> None:

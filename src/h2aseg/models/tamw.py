@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from h2aseg.models.registry import OutputActivation
+
 
 class ChannelWeighting(nn.Module):
     """``Linear(n → n/4) → tanh → Linear(n/4 → n) → tanh`` on per-channel means.
@@ -69,7 +71,7 @@ class TAMW(nn.Module):
         self,
         encoder_channels: int,
         decoder_channels: int,
-        output_activation: Literal["softmax", "sigmoid"] = "softmax",
+        output_activation: OutputActivation = "softmax",
         mask: TAMWMask = "encoder",
     ) -> None:
         super().__init__()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from monai.data import list_data_collate
 from monai.transforms import Randomizable
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
+from h2aseg.config import to_plain
 from h2aseg.data.layouts import Case, read_dataset
 from h2aseg.data.splits import Split, make_folds, make_split
 from h2aseg.data.transforms import PreprocessConfig, make_dataset, train_transforms, val_transforms
@@ -88,9 +89,9 @@ class PETCTDataModule(lightning.LightningDataModule):
     null) is written to ``output_dir/split.json`` with its seed.
     """
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: Mapping[str, Any]) -> None:
         super().__init__()
-        self.config = config
+        self.config = to_plain(config)
         self.split: Split | None = None
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None

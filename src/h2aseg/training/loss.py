@@ -13,14 +13,13 @@ Eq. 5. MONAI's ``DeepSupervisionLoss`` does the weighted sum.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from monai.losses import DeepSupervisionLoss as MonaiDeepSupervisionLoss
 from monai.losses import DiceCELoss
 from torch import nn
 
-OutputActivation = Literal["softmax", "sigmoid"]
+from h2aseg.models.registry import OutputActivation
 
 H2ASEG_WEIGHTS = (5.0, 4.0, 3.0, 2.0, 1.0)
 

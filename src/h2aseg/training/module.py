@@ -8,42 +8,20 @@ from typing import Any
 import lightning
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 from monai.metrics import DiceMetric
 from monai.utils import convert_to_tensor
 from torch.nn import functional as F
 
-from h2aseg.models import build_model
-from h2aseg.training.config import to_plain
+from h2aseg.config import to_plain
+from h2aseg.inference.checkpoint import build_network
+from h2aseg.inference.predictor import sliding_window_logits
+from h2aseg.models.registry import DeeplySupervised
 from h2aseg.training.loss import DeepSupervisionLoss
 
 logger = logging.getLogger(__name__)
 
 POLY_POWER = 0.9
 """Exponent of the ``poly`` learning-rate schedule (nnU-Net's)."""
-
-
-def build_network(config: dict[str, Any]) -> torch.nn.Module:
-    """Build ``config["model"]`` (``name`` plus keyword arguments of ``build_model``) and check its classes.
-
-    Raises:
-        ValueError: unknown model, bad argument, or output channels that do not fit ``config["classes"]``.
-    """
-    arguments = dict(config["model"])
-    name = arguments.pop("name")
-    try:
-        model = build_model(name, **arguments)
-    except TypeError as error:
-        raise ValueError(f"model {name!r}: bad argument in config section model ({error})") from error
-    n_classes = len(config["classes"])
-    if model.output_activation == "sigmoid" and (model.out_channels != 1 or n_classes != 2):
-        raise ValueError(f"model {name!r} has a sigmoid output: it needs out_channels=1 and two classes")
-    if model.output_activation == "softmax" and model.out_channels != n_classes:
-        raise ValueError(
-            f"model {name!r} has {model.out_channels} output channels but config classes has {n_classes} "
-            f"entries; set model.out_channels={n_classes}"
-        )
-    return model
 
 
 def patch_size_of(config: dict[str, Any]) -> tuple[int, int, int]:
@@ -61,7 +39,7 @@ class SegmentationModule(lightning.LightningModule):
     (whole volumes by Gaussian sliding window, foreground Dice) of one registered network.
 
     Args:
-        config: the resolved run config (:func:`h2aseg.training.config.resolve_config`); stored as the
+        config: the resolved run config (:func:`h2aseg.config.resolve_config`); stored as the
             checkpoint's ``hyper_parameters["config"]``.
 
     Logged: ``train/loss`` (per step and per epoch), ``val/dice`` (mean foreground Dice over the
@@ -73,7 +51,7 @@ class SegmentationModule(lightning.LightningModule):
         self.save_hyperparameters({"config": to_plain(config)})
         self.config = self.hparams["config"]
         self.model = build_network(self.config)
-        self.deep_supervision = hasattr(self.model, "forward_deep")
+        self.deep_supervision = isinstance(self.model, DeeplySupervised)
         weights = self.config["loss"]["deep_supervision_weights"] if self.deep_supervision else None
         self.loss = DeepSupervisionLoss(
             weights,
@@ -125,13 +103,13 @@ class SegmentationModule(lightning.LightningModule):
         """Sliding-window segmentation of one whole volume and its Dice against the label."""
         image, label = self._image_and_label(batch)
         inference = self.config["inference"]
-        logits = sliding_window_inference(
+        logits = sliding_window_logits(
+            self.model,
             image,
-            roi_size=patch_size_of(self.config),
-            sw_batch_size=inference["sw_batch_size"],
-            predictor=self.model,
-            overlap=inference["overlap"],
-            mode=inference["mode"],
+            patch_size_of(self.config),
+            inference["sw_batch_size"],
+            inference["overlap"],
+            inference["mode"],
         )
         self.dice_metric(y_pred=self._one_hot_prediction(logits), y=self._one_hot_label(label))
 

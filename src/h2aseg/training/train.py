@@ -8,10 +8,9 @@ or SLURM ``srun`` for several; Lightning reads the cluster environment).
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,20 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from h2aseg.training.config import CONFIG_FILENAME, resolve_config, save_config, sibling_temporary
+from h2aseg.config import CONFIG_FILENAME, resolve_config, save_config, to_plain
+from h2aseg.data.check import MIN_CT_COVERAGE
+from h2aseg.io import atomic_output, remove_stale_temporaries
 from h2aseg.training.datamodule import PETCTDataModule
 from h2aseg.training.module import SegmentationModule
+from h2aseg.training.preflight import (
+    StopOnNonFiniteLoss,
+    check_network,
+    check_run_folder,
+    check_training_data,
+    clear_run_folder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +66,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = sibling_temporary(path)
-        try:
-            with temporary.open("wb") as stream:
-                torch.save(checkpoint, stream)
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        with atomic_output(path) as temporary, temporary.open("wb") as stream:
+            torch.save(checkpoint, stream)
 
 
 class TimeBudget(Callback):
@@ -93,12 +96,24 @@ class TimeBudget(Callback):
         """Request the stop (and a validation of this epoch) once the budget is spent."""
         spent = time.monotonic() - self.started >= self.seconds
         if trainer.strategy.reduce_boolean_decision(spent, all=False):
-            logger.info("time budget of %.1f min spent: validating and stopping", self.seconds / 60)
+            logger.warning(
+                "SAFETY LIMIT: the time budget of %.1f min cut training at step %d (validating and stopping)",
+                self.seconds / 60,
+                trainer.global_step,
+            )
             trainer.should_stop = True
             trainer.check_val_every_n_epoch = 1
 
 
-def train(config_path: Path, overrides: Sequence[str] = (), resume: bool = False) -> Path:
+def train(
+    config_path: Path,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    *,
+    overwrite: bool = False,
+    allow_non_suv: bool = False,
+    min_ct_coverage: float = MIN_CT_COVERAGE,
+) -> Path:
     """Train the model of a YAML config and return the path of its best checkpoint.
 
     Args:
@@ -106,15 +121,25 @@ def train(config_path: Path, overrides: Sequence[str] = (), resume: bool = False
         overrides: dotted ``key=value`` overrides, e.g. ``["trainer.max_epochs=5", "data.root=data/x"]``.
         resume: continue the run of ``output_dir`` from ``checkpoints/last.ckpt`` (weights, optimiser,
             scheduler, epoch counter); the same config gives the same weights as an uninterrupted run.
+        overwrite, allow_non_suv, min_ct_coverage: as in :func:`run_training`.
 
     Returns:
         ``output_dir/checkpoints/best.ckpt`` (highest ``val/dice``), or ``last.ckpt`` if no validation ran.
 
     Raises:
-        ValueError: bad config, bad dataset, or ``resume`` without a ``last.ckpt``.
+        ValueError: bad config (the key and the file or override named), bad dataset (the file
+            named), a run folder with checkpoints without ``resume`` or ``overwrite``, a resume
+            whose config changes the network or data, or a non-finite training loss.
     """
     config = resolve_config(config_path, overrides)
-    trainer = run_training(config, resume=resume)
+    check_network(config, Path(config_path), overrides)
+    trainer = run_training(
+        config,
+        resume=resume,
+        overwrite=overwrite,
+        allow_non_suv=allow_non_suv,
+        min_ct_coverage=min_ct_coverage,
+    )
     best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best_path:
         return Path(best_path)
@@ -124,34 +149,63 @@ def train(config_path: Path, overrides: Sequence[str] = (), resume: bool = False
 
 
 def run_training(
-    config: dict[str, Any], resume: bool = False, callbacks: Sequence[Callback] = ()
+    config: Mapping[str, Any],
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    *,
+    overwrite: bool = False,
+    allow_non_suv: bool = False,
+    min_ct_coverage: float = MIN_CT_COVERAGE,
 ) -> lightning.Trainer:
-    """Seed, save the resolved config, build module, data and trainer, and fit.
+    """Check the run folder and every case, build module, data and trainer, save the config, fit.
+
+    Nothing is written before the checks pass; a run that fails before its first checkpoint
+    removes what it wrote (config, split, logs).
 
     Args:
-        config: resolved config (:func:`h2aseg.training.config.resolve_config`).
-        resume: continue from ``output_dir/checkpoints/last.ckpt``.
+        config: resolved config (:func:`h2aseg.config.resolve_config`).
+        resume: continue from ``output_dir/checkpoints/last.ckpt`` (same network and data).
         callbacks: extra Lightning callbacks.
+        overwrite: replace a run already in ``output_dir``.
+        allow_non_suv: accept PET whose range is not SUV (other tracers).
+        min_ct_coverage: least fraction of the PET body extent the CT covers per axis (0 = any).
 
     Returns:
         The fitted trainer (``trainer.lightning_module`` holds the final weights).
     """
+    config = to_plain(config)
     output_dir = Path(config["output_dir"])
-    last_path = checkpoint_dir(config) / f"{LAST_NAME}.ckpt"
-    if resume and not last_path.is_file():
-        raise ValueError(f"{last_path}: no checkpoint to resume from (train once without resume first)")
+    directory = checkpoint_dir(config)
+    last_path = directory / f"{LAST_NAME}.ckpt"
+    check_run_folder(config, directory, resume, overwrite)
+    check_training_data(config, allow_non_suv, min_ct_coverage)
     lightning.seed_everything(config["seed"], workers=True)
-    if rank_zero_only.rank == 0:
-        save_config(config, output_dir / CONFIG_FILENAME)
-        logger.info("resolved config written to %s", output_dir / CONFIG_FILENAME)
     module = SegmentationModule(config)
     datamodule = PETCTDataModule(config)
-    trainer = build_trainer(config, callbacks)
-    with warnings.catch_warnings():
-        # Lesion-free studies are normal (a third of AutoPET): MONAI warns on every patch drawn from one.
-        warnings.filterwarnings("ignore", message="Num foregrounds 0")
-        warnings.filterwarnings("ignore", message=".*treespec.*deprecated")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=last_path if resume else None)
+    try:
+        trainer = build_trainer(config, [StopOnNonFiniteLoss(), *callbacks])
+    except MisconfigurationException as error:
+        chosen = ", ".join(f"trainer.{key}={config['trainer'][key]}" for key in ("accelerator", "devices"))
+        raise ValueError(f"{chosen}: {str(error).strip().splitlines()[0]}") from error
+    existed = output_dir.exists()
+    if rank_zero_only.rank == 0:
+        remove_stale_temporaries(directory)
+        if overwrite:
+            clear_run_folder(output_dir, keep=config["data"]["split_file"])
+        save_config(config, output_dir / CONFIG_FILENAME)
+        logger.info("resolved config written to %s", output_dir / CONFIG_FILENAME)
+    try:
+        with warnings.catch_warnings():
+            # Lesion-free studies are normal (a third of AutoPET): MONAI warns on every patch drawn from one.
+            warnings.filterwarnings("ignore", message="Num foregrounds 0")
+            warnings.filterwarnings("ignore", message=".*treespec.*deprecated")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=last_path if resume else None)
+    except BaseException:
+        if rank_zero_only.rank == 0 and not any(directory.glob("*.ckpt")):
+            clear_run_folder(output_dir, keep=config["data"]["split_file"])
+            if not existed and output_dir.is_dir() and not any(output_dir.iterdir()):
+                output_dir.rmdir()
+        raise
     return trainer
 
 
@@ -161,7 +215,8 @@ def checkpoint_dir(config: dict[str, Any]) -> Path:
 
 
 def build_trainer(config: dict[str, Any], callbacks: Sequence[Callback] = ()) -> lightning.Trainer:
-    """A Lightning ``Trainer`` from the ``trainer`` section: checkpoints, CSV and TensorBoard logs,
+    """A Lightning ``Trainer`` from the ``trainer`` section (stopping at ``max_epochs`` or, when set,
+    ``max_steps`` optimisation steps, whichever comes first): checkpoints, CSV and TensorBoard logs,
     Rich progress bar, precision, accelerator, devices, nodes, strategy and an optional exponential
     moving average of the weights (``trainer.ema_decay``)."""
     settings = config["trainer"]
@@ -201,6 +256,7 @@ def build_trainer(config: dict[str, Any], callbacks: Sequence[Callback] = ()) ->
         strategy=settings["strategy"],
         precision=settings["precision"],
         max_epochs=settings["max_epochs"],
+        max_steps=-1 if settings["max_steps"] is None else settings["max_steps"],
         check_val_every_n_epoch=settings["val_every"],
         log_every_n_steps=settings["log_every_n_steps"],
         callbacks=[

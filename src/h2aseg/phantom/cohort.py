@@ -1,6 +1,6 @@
 """Synthetic FDG PET/CT cohort: realistic enough that both modalities matter, fast enough for a CPU.
 
-A case is an analytic body (:mod:`h2aseg.data.anatomy`) with CT in HU and PET in body-weight
+A case is an analytic body (:mod:`h2aseg.phantom.anatomy`) with CT in HU and PET in body-weight
 SUV: fat, muscle, lungs, liver, spleen, kidneys, bowel, bladder, heart, bones and, for
 whole-body and head-and-neck presets, brain, tonsils and salivary glands. Organs with
 physiological FDG uptake (brain, myocardium, kidneys, bladder, bowel, tonsils) mimic tumours in
@@ -16,8 +16,8 @@ PET 4 mm on different grids, labels 1 = GTVp, 2 = GTVn).
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -29,16 +29,17 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy import ndimage
 
-from h2aseg.data.anatomy import TISSUE_INDEX, body_paints
 from h2aseg.data.layouts import Case, case_paths, read_dataset, write_nnunet_dataset_json
-from h2aseg.data.phantom_sampling import (
+from h2aseg.io import atomic_output
+from h2aseg.phantom.anatomy import TISSUE_INDEX, body_paints
+from h2aseg.phantom.sampling import (
     CaseParams,
     Preset,
     PresetName,
     resolve_preset,
     sample_case_parameters,
 )
-from h2aseg.data.phantom_shapes import render, resample_to_grid
+from h2aseg.phantom.shapes import render, resample_to_grid
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class PhantomCase:
         pet_suv: PET in body-weight SUV, float32 ``(X', Y', Z')`` on the PET grid.
         pet_affine: RAS affine ``(4, 4)`` of the PET grid.
         mask: true lesion extent, uint8 on the CT grid (1 = lesion; HECKTOR 1 = GTVp, 2 = GTVn).
-        tissues: tissue index of each CT voxel (see :data:`h2aseg.data.anatomy.TISSUES`).
+        tissues: tissue index of each CT voxel (see :data:`h2aseg.phantom.anatomy.TISSUES`).
         params: the parameters the case was rendered from.
     """
 
@@ -218,12 +219,8 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     image.set_sform(affine, code=1)
     image.header.set_xyzt_units("mm", "sec")
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.nii.gz")
-    try:
+    with atomic_output(path) as temporary:
         nib.save(image, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _names(entry: CohortEntry, layout: str, case: PhantomCase) -> tuple[str, str, str | None]:
@@ -273,6 +270,7 @@ def write_cohort(
         raise ValueError(f"{out_dir}: unknown layout {layout!r}: choose autopet, nnunet, hecktor or flat")
     preset = resolve_preset(preset)
     out_dir = Path(out_dir)
+    _claim_cohort_folder(out_dir, {"seed": seed, "layout": layout, "preset": preset.name})
     cases = []
     for entry in cohort_plan(n_cases, seed, layout):
         phantom = make_phantom_case(entry.case_seed, preset, entry.anatomy_seed)
@@ -297,6 +295,30 @@ def write_cohort(
         )
     logger.info("wrote %d %s phantom cases to %s (%s layout)", n_cases, preset.name, out_dir, layout)
     return cases
+
+
+COHORT_MARKER = ".h2aseg-phantom.json"
+"""Seed, layout and preset of the cohort in a folder, so that another cohort is not mixed into it."""
+
+
+def _claim_cohort_folder(out_dir: Path, identity: dict[str, object]) -> None:
+    """Refuse a folder that holds NIfTI files of another cohort (or not of a phantom); mark it as ours."""
+    marker = out_dir / COHORT_MARKER
+    if marker.is_file():
+        written = json.loads(marker.read_text(encoding="utf-8"))
+        differing = [
+            f"{key} {written.get(key)!r}, not {value!r}"
+            for key, value in identity.items()
+            if written.get(key) != value
+        ]
+        if differing:
+            raise ValueError(
+                f"{out_dir}: holds another phantom cohort ({', '.join(differing)}); choose another --out"
+            )
+    elif out_dir.is_dir() and any(out_dir.rglob("*.nii*")):
+        raise ValueError(f"{out_dir}: holds NIfTI files of another dataset; choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(identity), encoding="utf-8")
 
 
 def _pet_and_truth(item: Case | PhantomCase) -> tuple[np.ndarray, np.ndarray]:
@@ -378,9 +400,5 @@ def save_phantom_preview(case: PhantomCase, out_png: Path) -> None:
     figure.suptitle(f"{case.params.preset.name} phantom {case.patient_id}; lesions: {lesions}", fontsize=9)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out_png.with_name(f".{out_png.name}.{os.getpid()}.tmp.png")
-    try:
+    with atomic_output(out_png) as temporary:
         figure.savefig(temporary)
-        os.replace(temporary, out_png)
-    finally:
-        temporary.unlink(missing_ok=True)

@@ -6,6 +6,7 @@ Runs on a fresh checkout with no data and no GPU (``h2aseg demo``, the README's 
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 from importlib import resources
@@ -44,11 +45,14 @@ def run_demo(
     Returns:
         The evaluation summary (see :func:`h2aseg.evaluation.evaluate.evaluate_folder`).
     """
-    from h2aseg.data.phantom import write_cohort
+    import torch
+
+    from h2aseg.config import resolve_config
     from h2aseg.data.splits import make_split
     from h2aseg.evaluation.evaluate import evaluate_folder, format_summary_table
     from h2aseg.inference.predictor import Predictor
-    from h2aseg.training.train import train
+    from h2aseg.phantom.cohort import write_cohort
+    from h2aseg.training.train import CHECKPOINT_DIR, LAST_NAME, train
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -75,7 +79,7 @@ def run_demo(
         overrides.append(f"trainer.max_time_minutes={max_minutes}")
     overrides += list(extra_overrides or [])
     logger.info("training H2ASeg with %s", phantom_config_path())
-    best = train(phantom_config_path(), overrides)
+    best = train(phantom_config_path(), overrides, overwrite=True)  # the demo redoes its own run
     trained = time.perf_counter()
 
     predictor = Predictor.from_checkpoint(best, device="auto")
@@ -89,10 +93,26 @@ def run_demo(
     summary = evaluate_folder(prediction_dir, truth_dir, out_dir / "evaluation")
     finished = time.perf_counter()
 
+    config = resolve_config(phantom_config_path(), overrides)
+    per_epoch = math.ceil(len(split.train) / config["trainer"]["batch_size"])
+    limit = config["trainer"]["limit_train_batches"]
+    if limit is not None:
+        per_epoch = min(per_epoch, limit) if isinstance(limit, int) else int(per_epoch * limit)
+    planned = config["trainer"]["max_epochs"] * per_epoch
+    if config["trainer"]["max_steps"] is not None:
+        planned = min(planned, config["trainer"]["max_steps"])
+    last = out_dir / CHECKPOINT_DIR / f"{LAST_NAME}.ckpt"
+    steps = int(torch.load(last, map_location="cpu", weights_only=True)["global_step"])
     console = Console()
     console.print(format_summary_table(summary))
+    if steps < planned:
+        console.print(
+            f"[bold red]warning:[/] the safety time limit cut training at step {steps} of {planned}: "
+            "this machine is slower than the demo was sized for, and the figures above are not the demo's"
+        )
     console.print(
-        f"{len(test_cases)} held-out cases; training {(trained - started) / 60:.1f} min, "
+        f"{len(test_cases)} held-out cases; training {steps} of {planned} steps in "
+        f"{(trained - started) / 60:.1f} min, "
         f"total {(finished - started) / 60:.1f} min\n"
         f"checkpoints: {out_dir / 'checkpoints'}\n"
         f"masks, lesion reports (CSV/JSON) and MIP pictures: {prediction_dir}\n"

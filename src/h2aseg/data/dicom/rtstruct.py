@@ -134,7 +134,7 @@ def rtstruct_to_mask(rtstruct_path: Path, roi: str, reference: sitk.Image) -> si
         rtstruct_path: the RTSTRUCT file.
         roi: ROI name (case-insensitive).
         reference: the image whose grid the mask takes; if it carries metadata ``0020|0052``
-            (as the readers of :mod:`h2aseg.data.dicom` set), the FrameOfReferenceUID is checked.
+            (as the readers of :mod:`h2aseg.data.dicom.series` set), the FrameOfReferenceUID is checked.
 
     Returns:
         uint8 mask (0/1) with the geometry of ``reference``.

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from h2aseg.data.phantom_shapes import (
+from h2aseg.phantom.shapes import (
     Ellipsoid,
     Paint,
     Ring,

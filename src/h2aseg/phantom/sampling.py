@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from h2aseg.data.anatomy import (
+from h2aseg.phantom.anatomy import (
     LESION_INDEX_BASE,
     TISSUE_INDEX,
     TISSUES,
@@ -22,15 +22,18 @@ from h2aseg.data.anatomy import (
     body_paints,
     sample_body,
 )
-from h2aseg.data.phantom_lesions import (
+from h2aseg.phantom.lesions import (
+    MIMIC_INDEX_BASE,
     LesionParams,
     Site,
     draw_lesion,
+    draw_mimic,
     lesion_fits,
     lesion_paints,
     lesion_sites,
+    mimic_sites,
 )
-from h2aseg.data.phantom_shapes import Grid, Paint, Vec3
+from h2aseg.phantom.shapes import Grid, Paint, Vec3
 
 PresetName = Literal["small", "autopet", "hecktor"]
 
@@ -60,6 +63,11 @@ class Preset:
         shift_probability: same-grid presets: chance of a one-voxel PET shift along each axis.
         shift_sd_mm: two-grid presets: standard deviation of the PET shift along each axis, mm.
         multiclass: labels 1 = GTVp, 2 = GTVn (HECKTOR) instead of 1 = lesion.
+        mimics_per_case: Poisson mean of CT-only-separable mimics in every case (0 = none): hot foci
+            with the size, shape and uptake distributions of the ``default`` lesions, label 0, and no
+            CT mass (brown fat, focal muscle or bowel uptake; see :func:`draw_mimic`).
+        max_mimics: most mimics in one case.
+        mimic_weights: probability of each mimic category (``brownfat``, ``muscle``, ``bowel``).
     """
 
     name: str
@@ -79,6 +87,11 @@ class Preset:
     shift_probability: float = 0.15
     shift_sd_mm: float = 1.0
     multiclass: bool = False
+    mimics_per_case: float = 0.0
+    max_mimics: int = 4
+    mimic_weights: dict[str, float] = field(
+        default_factory=lambda: {"brownfat": 0.5, "muscle": 0.2, "bowel": 0.3}
+    )
 
 
 def _centred_grid(shape: tuple[int, int, int], spacing: Vec3, z_origin: float) -> Grid:
@@ -138,7 +151,7 @@ class CaseParams:
 
     ``hu``/``suv`` are float32 ``(256,)`` look-up tables and ``label_of_tissue`` uint8 ``(256,)``
     (mask value of each tissue index); lesion ``k`` uses tissue ``LESION_INDEX_BASE + 2k`` and its
-    core ``LESION_INDEX_BASE + 2k + 1``.
+    core ``LESION_INDEX_BASE + 2k + 1``, mimic ``k`` ``MIMIC_INDEX_BASE + 2k`` (label 0) and its core.
     """
 
     seed: int
@@ -152,11 +165,15 @@ class CaseParams:
     pet_shift_mm: Vec3
     liver_noise_cv: float
     ct_noise_hu: float
+    mimics: tuple[LesionParams, ...] = ()
 
     @property
     def paints(self) -> list[Paint]:
-        """Lesion painting steps (after the body's), each clipped to its lesion's tissues."""
-        return [step for k, lesion in enumerate(self.lesions) for step in lesion_paints(k, lesion)]
+        """Lesion, then mimic painting steps (after the body's), each clipped to its own tissues."""
+        steps = [step for k, lesion in enumerate(self.lesions) for step in lesion_paints(k, lesion)]
+        return steps + [
+            step for k, mimic in enumerate(self.mimics) for step in lesion_paints(k, mimic, MIMIC_INDEX_BASE)
+        ]
 
 
 def sample_appearance(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -218,13 +235,18 @@ def _frame(rng: np.random.Generator, preset: Preset) -> BodyFrame:
     )  # fmt: skip
 
 
+def _size_and_uptake(rng: np.random.Generator, preset: Preset, category: str) -> tuple[float, float]:
+    """Nominal diameter (mm) and SUV excess of a lesion of ``category`` (mimics: ``default``)."""
+    bounds = preset.diameter_mm.get(category, preset.diameter_mm["default"])
+    diameter = _log_uniform(rng, bounds) if preset.log_uniform_diameter else rng.uniform(*bounds)
+    return diameter, _log_uniform(rng, preset.excess_suv.get(category, preset.excess_suv["default"]))
+
+
 def _draw_lesion(
     rng: np.random.Generator, preset: Preset, site: Site, tables: tuple[np.ndarray, np.ndarray]
 ) -> LesionParams:
     """A lesion at ``site`` with the preset's size and uptake distributions."""
-    bounds = preset.diameter_mm.get(site.category, preset.diameter_mm["default"])
-    diameter = _log_uniform(rng, bounds) if preset.log_uniform_diameter else rng.uniform(*bounds)
-    excess = _log_uniform(rng, preset.excess_suv.get(site.category, preset.excess_suv["default"]))
+    diameter, excess = _size_and_uptake(rng, preset, site.category)
     label = 2 if preset.multiclass and site.category == "gtvn" else 1
     return draw_lesion(rng, site, diameter, excess, label, tables)
 
@@ -276,6 +298,41 @@ def _place_lesions(
     return tuple(lesions), label_of_tissue
 
 
+def _place_mimics(
+    rng: np.random.Generator,
+    preset: Preset,
+    body: Body,
+    lesions: tuple[LesionParams, ...],
+    tables: tuple[np.ndarray, np.ndarray],
+) -> tuple[LesionParams, ...]:
+    """Draw ``Poisson(preset.mimics_per_case)`` mimics (at most ``max_mimics``, 20 tries each to fit
+    beside the body and the lesions) and enter their HU and SUV in ``tables``; label 0."""
+    n_mimics = min(int(rng.poisson(preset.mimics_per_case)), preset.max_mimics)
+    if n_mimics == 0:
+        return ()
+    by_category: dict[str, list[Site]] = {}
+    for site in mimic_sites(body):
+        by_category.setdefault(site.category, []).append(site)
+    categories = [c for c in preset.mimic_weights if c in by_category]
+    weights = np.asarray([preset.mimic_weights[c] for c in categories])
+    steps = body_paints(body) + [step for k, item in enumerate(lesions) for step in lesion_paints(k, item)]
+    mimics: list[LesionParams] = []
+    for category in rng.choice(categories, size=n_mimics, p=weights / weights.sum()):
+        site = by_category[category][int(rng.integers(len(by_category[category])))]
+        for _ in range(20):
+            mimic = draw_mimic(rng, site, *_size_and_uptake(rng, preset, "default"), tables)
+            if lesion_fits(preset.ct_grid, steps, mimic, len(mimics), MIMIC_INDEX_BASE):
+                break
+        else:
+            continue
+        steps += lesion_paints(len(mimics), mimic, MIMIC_INDEX_BASE)
+        index = MIMIC_INDEX_BASE + 2 * len(mimics)
+        tables[0][index : index + 2] = mimic.hu, mimic.core_hu
+        tables[1][index : index + 2] = mimic.suv, mimic.core_suv
+        mimics.append(mimic)
+    return tuple(mimics)
+
+
 def _pet_shift(rng: np.random.Generator, preset: Preset) -> Vec3:
     """PET-to-CT misregistration in mm: whole voxels on a shared grid, sub-voxel otherwise."""
     if preset.pet_grid is None:
@@ -306,6 +363,8 @@ def sample_case_parameters(
     body = sample_body(anatomy_rng, _frame(anatomy_rng, preset))
     hu, suv = sample_appearance(rng)
     lesions, label_of_tissue = _place_lesions(rng, preset, body, (hu, suv))
+    # Mimics draw from their own stream: turning them on leaves every other draw of the case unchanged.
+    mimics = _place_mimics(np.random.default_rng([seed, 5]), preset, body, lesions, (hu, suv))
     return CaseParams(
         seed=seed,
         preset=preset,
@@ -318,4 +377,5 @@ def sample_case_parameters(
         pet_shift_mm=_pet_shift(rng, preset),
         liver_noise_cv=rng.uniform(*preset.liver_noise_cv),
         ct_noise_hu=rng.uniform(*preset.ct_noise_hu),
+        mimics=mimics,
     )

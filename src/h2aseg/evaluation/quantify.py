@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,7 +28,8 @@ import cc3d
 import numpy as np
 from scipy import ndimage, signal
 
-LESION_CONNECTIVITY = 18
+from h2aseg.io import LESION_CONNECTIVITY, atomic_output
+
 SUV_PEAK_RADIUS_MM = 6.2
 CSV_COLUMNS = (
     "case_id",
@@ -214,22 +212,6 @@ def _totals(lesions: Sequence[Lesion], mtv_key: str, tlg_key: str) -> dict[str, 
         tlg_key: float(sum(lesion.tlg for lesion in lesions)),
         "suv_max": max((lesion.suv_max for lesion in lesions), default=None),
     }
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds.
-
-    The temporary name keeps the file's suffixes (``.nii.gz``, ``.png``) so that writers that
-    pick the format from the name work unchanged. On error the temporary file is removed.
-    """
-    path = Path(path)
-    temporary = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def write_lesion_report(

@@ -4,16 +4,21 @@ Lesions are lobulated (a sphere with a low-frequency radial perturbation, or a u
 three ellipsoids), clipped to the tissues of their site so that a lung nodule stays in the lung
 and a bone lesion in bone. Their CT contrast depends on the site (clear in lung and fat, faint in
 liver and muscle), which is what makes the CT useful next to the PET.
+
+Mimics are hot foci drawn exactly like lesions (same size, shape, uptake and blur) that are not
+tumours and leave the CT unchanged: brown fat at the node stations and above the clavicles, focal
+muscle uptake, focal bowel uptake. The PET alone cannot tell them from lesions; the CT can (a node
+is a soft-tissue mass in fat, a brown-fat focus is fat).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from h2aseg.data.anatomy import (
+from h2aseg.phantom.anatomy import (
     BONE_TISSUES,
     LESION_INDEX_BASE,
     SOFT_TISSUES,
@@ -21,7 +26,7 @@ from h2aseg.data.anatomy import (
     Body,
     organ_tissue,
 )
-from h2aseg.data.phantom_shapes import (
+from h2aseg.phantom.shapes import (
     Ellipsoid,
     Grid,
     Lobulated,
@@ -92,6 +97,35 @@ def _organ_site(
     return Site(name, organ.centre, organ.centre, 0.0, within, background, max_radius_mm, organ)
 
 
+MIMIC_INDEX_BASE = 64
+"""Tissue indices of mimics (each with its core) start here, after the lesions'."""
+# Brown fat: supraclavicular and paravertebral fat, and the thoracic and para-aortic node stations.
+_BROWN_FAT_STATIONS: dict[str, Vec3] = {
+    "supraclavicular_right": (-0.7, 0.0, 0.96),
+    "supraclavicular_left": (0.7, 0.0, 0.96),
+    "paravertebral_right": (-0.3, -0.72, 0.72),
+    "paravertebral_left": (0.3, -0.72, 0.72),
+    **{name: _NODE_STATIONS[name] for name in ("mediastinal", "axillary_right", "axillary_left")},
+    **{name: _NODE_STATIONS[name] for name in ("paraaortic_right", "paraaortic_left")},
+}
+
+
+def mimic_sites(body: Body) -> list[Site]:
+    """Where CT-only-separable mimics grow: brown fat (in fat only), focal uptake in the back muscles
+    (in muscle only) and in a bowel loop (in bowel only). Their largest radius is a node's."""
+    s = body.frame.size
+    sites = [
+        Site(f"brownfat_{where}", point, point, 6.0 * s, ("fat",), "fat", 20.0 * s)
+        for where, point in ((where, body.point(*uvw)) for where, uvw in _BROWN_FAT_STATIONS.items())
+    ]
+    for sign, side in ((-1, "right"), (1, "left")):
+        start, end = body.point(0.2 * sign, -0.9, 0.35), body.point(0.2 * sign, -0.9, 0.8)
+        sites.append(Site(f"muscle_back_{side}", start, end, 4.0 * s, ("muscle",), "muscle", 20.0 * s))
+    for k, (loop, _) in enumerate(body.bowel_loops):
+        sites.append(_organ_site(f"bowel_{k}", loop, ("bowel",), "bowel", 20.0 * s))
+    return sites
+
+
 def lesion_sites(body: Body) -> list[Site]:
     """Every lesion site of this body: lungs, liver, lymph-node stations, bone and, with a head,
     head-and-neck primaries (GTVp: tonsils, larynx) and cervical nodes (GTVn: levels II–IV)."""
@@ -137,12 +171,13 @@ class LesionParams:
     core_suv: float = 0.0
 
 
-def lesion_paints(k: int, lesion: LesionParams) -> list[Paint]:
-    """Painting steps of lesion number ``k``: its body, then its necrotic core."""
+def lesion_paints(k: int, lesion: LesionParams, base: int = LESION_INDEX_BASE) -> list[Paint]:
+    """Painting steps of lesion (or, with ``base=MIMIC_INDEX_BASE``, mimic) number ``k``: its body,
+    then its necrotic core."""
     within = tuple(TISSUE_INDEX[name] for name in lesion.within)
-    steps = [Paint(lesion.shape, LESION_INDEX_BASE + 2 * k, within)]
+    steps = [Paint(lesion.shape, base + 2 * k, within)]
     if lesion.core is not None:
-        steps.append(Paint(lesion.core, LESION_INDEX_BASE + 2 * k + 1, (LESION_INDEX_BASE + 2 * k,)))
+        steps.append(Paint(lesion.core, base + 2 * k + 1, (base + 2 * k,)))
     return steps
 
 
@@ -195,14 +230,16 @@ def _lesion_hu(rng: np.random.Generator, category: str, hu: np.ndarray) -> float
     return rng.uniform(25.0, 50.0)
 
 
-def lesion_fits(grid: Grid, steps: list[Paint], lesion: LesionParams, k: int) -> bool:
-    """Whether lesion ``k`` keeps at least 30 % of its nominal volume (and one voxel) on the CT
-    grid once clipped to its tissues; rendered only inside the lesion's bounding box."""
+def lesion_fits(
+    grid: Grid, steps: list[Paint], lesion: LesionParams, k: int, base: int = LESION_INDEX_BASE
+) -> bool:
+    """Whether lesion (or mimic) ``k`` keeps at least 30 % of its nominal volume (and one voxel) on
+    the CT grid once clipped to its tissues; rendered only inside the lesion's bounding box."""
     window = grid.window(*lesion.shape.bounds())
     if window is None:
         return False
-    tissues = render(grid.crop(window), [*steps, *lesion_paints(k, lesion)])
-    voxels = int(np.count_nonzero(tissues == LESION_INDEX_BASE + 2 * k))
+    tissues = render(grid.crop(window), [*steps, *lesion_paints(k, lesion, base)])
+    voxels = int(np.count_nonzero(tissues == base + 2 * k))
     nominal = math.pi / 6 * lesion.diameter_mm**3 / math.prod(grid.spacing_mm)
     return voxels >= max(1.0, 0.3 * nominal)
 
@@ -239,3 +276,17 @@ def draw_lesion(
         within=site.within, hu=lesion_hu, suv=background + excess_suv, core=core,
         core_hu=lesion_hu - 20.0, core_suv=background + 0.2 * excess_suv,
     )  # fmt: skip
+
+
+def draw_mimic(
+    rng: np.random.Generator,
+    site: Site,
+    diameter_mm: float,
+    excess_suv: float,
+    tables: tuple[np.ndarray, np.ndarray],
+) -> LesionParams:
+    """A mimic at a site of :func:`mimic_sites`: drawn by :func:`draw_lesion` (same centre, shape,
+    core and uptake rules), label 0, and the CT of the one tissue it replaces (no mass)."""
+    lesion = draw_lesion(rng, site, diameter_mm, excess_suv, 0, tables)
+    host_hu = float(tables[0][TISSUE_INDEX[site.within[0]]])
+    return replace(lesion, hu=host_hu, core_hu=host_hu)

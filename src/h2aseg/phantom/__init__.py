@@ -1,0 +1,1 @@
+"""The synthetic PET/CT cohort: anatomy, lesions, sampling, shapes and the cohort writer (``cohort``)."""
