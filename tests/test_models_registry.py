@@ -9,6 +9,7 @@ from monai.utils import optional_import
 from h2aseg.models import build_model, list_models
 from h2aseg.models._checks import validate_input
 from h2aseg.models.baselines import nnunet_kernels_strides
+from h2aseg.training.loss import segmentation_loss
 
 HAS_EINOPS = optional_import("einops")[1]
 NEEDS_EINOPS = {"unetr", "swin-unetr"}
@@ -27,6 +28,9 @@ SMALL = {
     "swin-unetr": {"feature_size": 12, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)},
     "dynunet": {"patch_size": SIZE, "spacing_mm": (1.0, 1.0, 1.0), "filters": (4, 8, 16, 32)},
     "segresnet": {"init_filters": 8, "blocks_down": (1, 1, 1, 1)},
+    "a2fseg": {"patch_size": SIZE, "spacing_mm": (1.0, 1.0, 1.0), "filters": (4, 8, 16, 32)},
+    "sdb": {"features": (4, 8, 16, 32)},
+    "nestedformer": {"features": (4, 4, 8, 8, 16, 4), "reference_size": SIZE, "heads": 2},
 }
 
 
@@ -63,7 +67,13 @@ def test_forward_backward_shape_and_attributes(name: str) -> None:
     outputs = model.forward_deep(x) if hasattr(model, "forward_deep") else [model(x)]
     for output in outputs:
         assert output.shape == (1, model.out_channels, *size)
-    sum(output.float().square().mean() for output in outputs).backward()
+    loss = sum(output.float().square().mean() for output in outputs)
+    if hasattr(model, "auxiliary_loss"):  # branch heads and consistency terms (A2FSeg, SDB)
+        label = torch.randint(
+            0, model.out_channels, (1, 1, *size), generator=torch.Generator().manual_seed(2)
+        )
+        loss = loss + model.auxiliary_loss(label.float(), segmentation_loss(model.output_activation))
+    loss.backward()
 
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     missing = [n for n, g in grads.items() if g is None]

@@ -53,6 +53,9 @@ REDUCED_BASELINES: dict[str, dict[str, object]] = {
     "swin-unetr": {"feature_size": 12},
     "dynunet": {"filters": [8, 16, 32, 64, 160], "spacing_mm": [4.0, 4.0, 4.0]},
     "segresnet": {"init_filters": 8},
+    "nestedformer": {"features": [9, 9, 18, 36, 72, 9]},  # 72 = 8 heads x 9
+    "a2fseg": {"filters": [7, 14, 28, 56, 112], "spacing_mm": [4.0, 4.0, 4.0]},
+    "sdb": {"features": [7, 14, 28, 56, 112]},
 }
 
 
@@ -133,8 +136,10 @@ def _model_overrides(name: str, config_path: Path) -> list[str]:
         model_args = dict(REDUCED_BASELINES.get(name, {}))
     if name == "unetr":
         model_args["img_size"] = patch
-    if name == "dynunet":
+    if name in {"dynunet", "a2fseg"}:
         model_args["patch_size"] = patch
+    if name == "nestedformer":
+        model_args["reference_size"] = patch
     return [f"model.name={name}"] + [f"model.{key}={json.dumps(value)}" for key, value in model_args.items()]
 
 

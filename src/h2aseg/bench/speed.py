@@ -119,6 +119,10 @@ def measure(
             with autocast():
                 outputs = model.forward_deep(inputs) if deep else [model(inputs)]
                 loss = sum(torch.nn.functional.cross_entropy(o.float(), target) for o in outputs)
+                if hasattr(model, "auxiliary_loss"):  # branch and consistency terms (A2FSeg, SDB)
+                    loss = loss + model.auxiliary_loss(
+                        target[:, None], lambda o, y: torch.nn.functional.cross_entropy(o, y[:, 0].long())
+                    )
             loss.backward()
             optimiser.step()
     else:

@@ -99,4 +99,4 @@ def check_contract(model: nn.Module, name: str) -> None:
 
 def _import_all() -> None:
     """Import the modules whose decorators fill the registry."""
-    from h2aseg.models import baselines, h2aseg, variants  # noqa: F401
+    from h2aseg.models import a2fseg, baselines, h2aseg, nestedformer, sdb, variants  # noqa: F401

@@ -80,6 +80,14 @@ class SegmentationModule(lightning.LightningModule):
         image, label = self._image_and_label(batch)
         logits = self.model.forward_deep(image) if self.deep_supervision else self.model(image)
         loss = self.loss(logits, label)
+        if hasattr(self.model, "auxiliary_loss"):
+            # Branch supervision / consistency terms of networks that have them (A2FSeg, SDB): see
+            # h2aseg.models.fusion_blocks.
+            auxiliary = self.model.auxiliary_loss(label, self.loss.per_output_loss)
+            self.log(
+                "train/auxiliary_loss", auxiliary, on_step=False, on_epoch=True, batch_size=image.shape[0]
+            )
+            loss = loss + auxiliary
         self.log(
             "train/loss",
             loss,
