@@ -50,6 +50,21 @@ class CaseResult:
     probabilities: Path | None
     summary: dict[str, float | int | None]
 
+    @classmethod
+    def from_paths(
+        cls, case_id: str, paths: Mapping[str, Path], summary: dict[str, float | int | None]
+    ) -> CaseResult:
+        """The result of a case from its files by suffix (``"seg.nii.gz"``, ``"lesions.csv"``, ...)."""
+        return cls(
+            case_id=case_id,
+            mask=paths["seg.nii.gz"],
+            lesions_csv=paths["lesions.csv"],
+            summary_json=paths["summary.json"],
+            figure=paths["mip.png"],
+            probabilities=paths.get("prob.nii.gz"),
+            summary=summary,
+        )
+
 
 def export_case(
     probabilities: torch.Tensor,
@@ -106,15 +121,7 @@ def export_case(
             volume = restored[0] if len(restored) == 1 else np.moveaxis(restored, 0, -1)
             save_nifti_like(volume.astype(np.float32), grid_image, staged["prob.nii.gz"])
     logger.info("%s: %d lesion(s), MTV %.1f mL", case_id, summary["lesion_count"], summary["total_mtv_ml"])
-    return CaseResult(
-        case_id=case_id,
-        mask=paths["seg.nii.gz"],
-        lesions_csv=paths["lesions.csv"],
-        summary_json=paths["summary.json"],
-        figure=paths["mip.png"],
-        probabilities=paths.get("prob.nii.gz"),
-        summary=summary,
-    )
+    return CaseResult.from_paths(case_id, paths, summary)
 
 
 def check_output_dir(out_dir: Path) -> None:

@@ -279,15 +279,7 @@ def read_case_result(out_dir: Path, case_id: str, save_probabilities: bool) -> C
     except (OSError, ValueError) as error:
         raise ValueError(f"{paths['summary.json']}: unreadable ({error_line(error)})") from error
     summary = {key: value for key, value in stored.items() if not isinstance(value, (list, dict, str))}
-    return CaseResult(
-        case_id=case_id,
-        mask=paths["seg.nii.gz"],
-        lesions_csv=paths["lesions.csv"],
-        summary_json=paths["summary.json"],
-        figure=paths["mip.png"],
-        probabilities=paths.get("prob.nii.gz"),
-        summary=summary,
-    )
+    return CaseResult.from_paths(case_id, paths, summary)
 
 
 def case_id_from_path(path: Path) -> str:
