@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -75,3 +76,13 @@ def test_one_overlap_rule_for_check_data_and_predict(
         assert "do not overlap in space" in str(error)
         rejected_by_predict = True
     assert rejected_by_check is rejected_by_predict
+
+
+def test_write_text_atomic_only_if_changed_leaves_an_identical_file_alone(tmp_path: Path) -> None:
+    target = tmp_path / "summary.csv"
+    write_text_atomic(target, "a\n1\n")
+    os.utime(target, ns=(1_000_000_000, 1_000_000_000))
+    write_text_atomic(target, "a\n1\n", only_if_changed=True)
+    assert target.stat().st_mtime_ns == 1_000_000_000
+    write_text_atomic(target, "a\n2\n", only_if_changed=True)
+    assert target.read_text() == "a\n2\n" and target.stat().st_mtime_ns != 1_000_000_000

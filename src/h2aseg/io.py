@@ -85,9 +85,15 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically, creating its folder; returns ``path``."""
+def write_text_atomic(path: str | Path, text: str, *, only_if_changed: bool = False) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically, creating its folder; returns ``path``.
+
+    With ``only_if_changed``, a file that already holds exactly ``text`` is left alone (its
+    modification time too), so a rerun that changes nothing changes no file.
+    """
     path = Path(path)
+    if only_if_changed and path.is_file() and path.read_text(encoding="utf-8") == text:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as temporary:
         temporary.write_text(text, encoding="utf-8")

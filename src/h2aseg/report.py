@@ -82,10 +82,7 @@ def write_report(
         "</body></html>",
     ]
     text = "\n".join(parts) + "\n"
-    out_html = Path(out_html)
-    if out_html.is_file() and out_html.read_text(encoding="utf-8") == text:
-        return out_html  # a rerun that changed nothing leaves the page (and its time stamp) alone
-    return write_text_atomic(out_html, text)
+    return write_text_atomic(out_html, text, only_if_changed=True)
 
 
 def _case_section(case: CaseFiles, classes: Mapping[int, str]) -> str:

@@ -9,6 +9,7 @@ rank 0 writes the cohort summary ``cohort_summary.csv`` from the cases' ``{case}
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from h2aseg.io import atomic_output
+from h2aseg.io import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +105,11 @@ def write_cohort_summary(out_dir: Path, case_ids: Sequence[str]) -> Path:
         rows.append({column: summary.get(column) for column in SUMMARY_COLUMNS})
     if missing:
         logger.warning("cohort summary: %d case(s) without results left out: %s", len(missing), missing)
-    target = Path(out_dir) / COHORT_SUMMARY
-    with atomic_output(target) as temporary, temporary.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    # A rerun that skips every complete case must leave the output folder as it was.
+    target = write_text_atomic(Path(out_dir) / COHORT_SUMMARY, buffer.getvalue(), only_if_changed=True)
     logger.info("cohort summary of %d case(s): %s", len(rows), target)
     return target
