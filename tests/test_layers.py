@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "bench": 6,
     "cli": 7,
 }
-MAX_LINES = 450
+MAX_LINES = 400
 
 
 def _unit(module: str) -> str:

@@ -13,13 +13,13 @@ from scipy import ndimage
 from h2aseg.phantom.anatomy import LESION_INDEX_BASE, TISSUE_INDEX, TISSUES
 from h2aseg.phantom.cohort import (
     PhantomCase,
-    _pet_acquisition,
     cohort_plan,
     make_phantom_case,
     save_phantom_preview,
     threshold_baseline_dice,
     write_cohort,
 )
+from h2aseg.phantom.render import _pet_acquisition
 from h2aseg.phantom.sampling import PRESETS, sample_case_parameters
 from h2aseg.phantom.shapes import Grid
 

@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from h2aseg import viz
-from h2aseg.viz import _to_display, save_case_figure, save_training_curves
+from h2aseg.viz import figures, save_case_figure, save_training_curves
+from h2aseg.viz.figures import _to_display
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -99,7 +99,7 @@ def test_nifti_figure_reorients_to_ras_and_brings_the_ct_onto_the_pet_grid(
     ) -> None:
         captured.update(pet=pet_suv, mask=mask, ct=ct_hu, spacing=np.asarray(spacing_mm), kwargs=kwargs)
 
-    monkeypatch.setattr(viz, "save_case_figure", capture)
+    monkeypatch.setattr(figures, "save_case_figure", capture)
     pet_affine = np.diag([-2.0, -3.0, 4.0, 1.0])  # LPS voxel order: i runs to the patient's left
     mask = np.zeros((6, 5, 4), dtype=np.uint8)
     mask[1, 2, 3] = 1  # the second voxel from the patient's right
@@ -107,7 +107,7 @@ def test_nifti_figure_reorients_to_ras_and_brings_the_ct_onto_the_pet_grid(
     ct_affine[:3, 3] = (-14.0, -16.0, -2.0)
     ct = nib.Nifti1Image(np.full((20, 20, 20), 35.0, np.float32), ct_affine)
 
-    viz.save_nifti_case_figure(
+    figures.save_nifti_case_figure(
         nib.Nifti1Image(mask.astype(np.float32), pet_affine), mask, ct, tmp_path / "x.png"
     )
 
@@ -125,7 +125,7 @@ def test_lesion_numbers_sit_beside_their_own_outlines(
     pet_suv, mask, ct_hu = _synthetic_case()  # lesion A: x 4..7, z 30..33
     mask[15:20, 10:14, 5:9] = 1  # lesion B, larger: x 15..19, z 5..8
     labels: list[tuple[int, float, float]] = []
-    monkeypatch.setattr(viz, "_lesion_label", lambda axes, number, a, b: labels.append((number, a, b)))
+    monkeypatch.setattr(figures, "_lesion_label", lambda axes, number, a, b: labels.append((number, a, b)))
     spacing, origin = np.array([4.0, 4.0, 3.0]), np.array([-50.0, -40.0, -100.0])
     centre_b = origin + np.array([17.0, 11.5, 6.5]) * spacing
     centre_a = origin + np.array([5.5, 6.5, 31.5]) * spacing

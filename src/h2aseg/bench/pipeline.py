@@ -27,8 +27,9 @@ from monai.data import list_data_collate
 
 from h2aseg.bench.cohort import DEFAULT_CONFIG, ensure_phantoms
 from h2aseg.config import resolve_config, to_plain
+from h2aseg.data.dataset import make_dataset
 from h2aseg.data.layouts import read_dataset
-from h2aseg.data.transforms import PreprocessConfig, make_dataset, train_transforms
+from h2aseg.data.transforms import PreprocessConfig, train_transforms
 from h2aseg.training.datamodule import EpochSeededDataset
 
 logger = logging.getLogger(__name__)

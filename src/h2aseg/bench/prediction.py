@@ -32,10 +32,10 @@ from h2aseg.pipeline.predict import predict
 STAGES = {
     "read and preprocess": "compose.py:__call__",
     "network (sliding window)": "predictor.py:predict_volume",
-    "resample to the source grid": "transforms.py:restore_to_original",
+    "resample to the source grid": "restore.py:restore_to_original",
     "write NIfTI": "io.py:save_nifti_like",
     "lesion table": "quantify.py:lesion_table",
-    "picture": "viz.py:save_nifti_case_figure",
+    "picture": "viz/figures.py:save_nifti_case_figure",
 }
 
 

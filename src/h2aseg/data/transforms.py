@@ -1,4 +1,5 @@
-"""MONAI preprocessing pipelines for PET/CT, the on-disk cache and the geometry restore.
+"""MONAI preprocessing pipelines for PET/CT (the cache of their deterministic part is
+:mod:`h2aseg.data.dataset`, the geometry restore :mod:`h2aseg.data.restore`; both re-exported here).
 
 One case enters as ``{"ct": path, "pet": path, "label"?: path, ...}`` (``Case.as_dict()``)
 and leaves the deterministic part as
@@ -21,16 +22,17 @@ import json
 import logging
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import monai
 import numpy as np
 import torch
 from monai import transforms as mt
-from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
+from monai.data import MetaTensor
 
 from h2aseg.data.augment import augmentations
+from h2aseg.data.dataset import make_dataset as make_dataset
+from h2aseg.data.restore import restore_to_original as restore_to_original
 
 logger = logging.getLogger(__name__)
 
@@ -317,130 +319,3 @@ def val_transforms(cfg: PreprocessConfig) -> ConfiguredCompose:
 def predict_transforms(cfg: PreprocessConfig) -> ConfiguredCompose:
     """Whole preprocessed volumes without labels (``preprocess_transforms(cfg, with_label=False)``)."""
     return preprocess_transforms(cfg, with_label=False)
-
-
-class _MetaPersistentDataset(PersistentDataset):
-    """``PersistentDataset`` that hands back ``image``/``label`` as MetaTensors after a cache hit.
-
-    The cache stores plain tensors (safe ``torch.load``); this rebuilds the MetaTensor from
-    ``preprocessed_affine`` exactly as :class:`FinalizeGeometryd` made it on the first pass.
-    Cached files are loaded memory-mapped, so drawing a patch never copies the whole case.
-    """
-
-    def _cachecheck(self, item_transformed: Any) -> Any:
-        name = self.hash_func(item_transformed).decode("utf-8") + self.transform_hash
-        hashfile = self.cache_dir / f"{name}.pt"
-        if hashfile.is_file():
-            # Memory-mapped: a crop reads only its pages, and workers share the page cache.
-            item = torch.load(hashfile, weights_only=True, mmap=True)
-        else:
-            item = super()._cachecheck(item_transformed)
-        if isinstance(item, dict) and "preprocessed_affine" in item:
-            for key in ("image", "label"):
-                if key in item and not isinstance(item[key], MetaTensor):
-                    item[key] = MetaTensor(item[key], affine=item["preprocessed_affine"].clone())
-        return item
-
-
-def make_dataset(
-    items: Sequence[Mapping[str, Any]],
-    transforms: mt.Compose,
-    cache_dir: Path | str | None,
-    in_memory: bool = False,
-) -> Dataset:
-    """Dataset of cases, with the deterministic part cached on disk (``cache_dir``) or in memory.
-
-    The disk cache lives in ``cache_dir / <hash>``, the hash covering the preprocessing settings and
-    the stage (train pads to the patch), so a changed config never reads stale files. The memory
-    cache (MONAI ``CacheDataset``, used when ``in_memory`` and no ``cache_dir``) preprocesses every
-    case once when built; it suits cohorts that fit in RAM (a 400 × 400 × 326 AutoPET case takes
-    about 0.4 GB, a 72 × 64 × 64 phantom 2.4 MB).
-
-    Args:
-        items: case dicts (``Case.as_dict()``).
-        transforms: a pipeline from this module (any ``Compose`` works; then MONAI's hash of the
-            transforms names the cache files instead).
-        cache_dir: disk cache root, or ``None``.
-        in_memory: keep the preprocessed cases in memory (ignored when ``cache_dir`` is set).
-
-    Returns:
-        ``monai.data.Dataset``, ``CacheDataset`` or a ``PersistentDataset`` subclass.
-    """
-    if cache_dir is None and in_memory:
-        return CacheDataset(data=list(items), transform=transforms, num_workers=0, progress=False)
-    if cache_dir is None:
-        return Dataset(data=list(items), transform=transforms)
-    key = getattr(transforms, "cache_key", None)
-    folder = Path(cache_dir) / (key or "custom")
-    folder.mkdir(parents=True, exist_ok=True)
-    logger.info("preprocessed-case cache: %s", folder)
-    return _MetaPersistentDataset(
-        data=list(items),
-        transform=transforms,
-        cache_dir=folder,
-        hash_transform=None if key else monai.data.utils.json_hashing,
-    )
-
-
-def _tensor_from(data: Mapping[str, Any], key: str, shape: tuple[int, ...]) -> np.ndarray:
-    """``data[key]`` as a float64 array of ``shape`` (a leading batch axis of 1 is dropped)."""
-    if key not in data:
-        raise ValueError(f"case dict has no '{key}': pass a dict produced by h2aseg.data.transforms")
-    array = np.asarray(torch.as_tensor(data[key]).detach().cpu(), dtype=np.float64)
-    if array.shape == (1, *shape):
-        array = array[0]
-    if array.shape != shape:
-        raise ValueError(f"'{key}' has shape {array.shape}, expected {shape}")
-    return array
-
-
-def restore_to_original(
-    seg: torch.Tensor | np.ndarray,
-    data: Mapping[str, Any],
-    grid: Literal["pet", "ct"] = "pet",
-    mode: Literal["nearest", "linear"] = "nearest",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Maps a prediction on the preprocessed grid back onto the original PET (or CT) grid.
-
-    Resampling by affine (working grid → original file grid) undoes the crop, the respacing and
-    the reorientation in one step; voxels outside the working grid become 0.
-
-    Args:
-        seg: mask or probabilities on the preprocessed grid, ``(X, Y, Z)`` or ``(C, X, Y, Z)``.
-        data: the case dict from the pipelines (``preprocessed_affine``, ``original_{grid}_affine``,
-            ``original_{grid}_shape``).
-        grid: ``"pet"`` (the case grid) or ``"ct"`` (the CT file's grid, which HECKTOR scores on).
-        mode: ``"nearest"`` for masks (dtype kept), ``"linear"`` (trilinear) for probabilities
-            (float32).
-
-    Returns:
-        ``(array, affine)``: the array on the original grid, ``(X', Y', Z')`` or ``(C, X', Y', Z')``
-        like ``seg``, and that grid's NIfTI affine ``(4, 4)`` float64.
-    """
-    if grid not in ("pet", "ct") or mode not in ("nearest", "linear"):
-        raise ValueError(f"grid must be 'pet' or 'ct' and mode 'nearest' or 'linear', got {grid!r}, {mode!r}")
-    if isinstance(seg, torch.Tensor):
-        values = seg.detach().cpu().as_subclass(torch.Tensor)
-    else:
-        values = torch.from_numpy(np.ascontiguousarray(seg))
-    if values.ndim not in (3, 4):
-        raise ValueError(f"prediction must be (X, Y, Z) or (C, X, Y, Z), got shape {tuple(values.shape)}")
-    channel_first = values if values.ndim == 4 else values[None]
-    if "image" in data and tuple(channel_first.shape[1:]) != tuple(data["image"].shape[-3:]):
-        raise ValueError(
-            f"prediction shape {tuple(channel_first.shape[1:])} does not match the preprocessed image "
-            f"{tuple(data['image'].shape[-3:])}"
-        )
-    source_affine = _tensor_from(data, "preprocessed_affine", (4, 4))
-    target_affine = _tensor_from(data, f"original_{grid}_affine", (4, 4))
-    target_shape = tuple(int(n) for n in _tensor_from(data, f"original_{grid}_shape", (3,)))
-    resampler = mt.SpatialResample(
-        mode="nearest" if mode == "nearest" else "bilinear", padding_mode="zeros", dtype=np.float32
-    )
-    moved = resampler(
-        MetaTensor(channel_first.to(torch.float32), affine=torch.as_tensor(source_affine)),
-        dst_affine=torch.as_tensor(target_affine),
-        spatial_size=target_shape,
-    )
-    restored = moved.as_tensor().numpy().astype(values.numpy().dtype if mode == "nearest" else np.float32)
-    return (restored if values.ndim == 4 else restored[0]), target_affine

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from h2aseg.data.transforms import restore_to_original
+from h2aseg.data.restore import restore_to_original
 from h2aseg.evaluation.quantify import case_summary, lesion_table, write_lesion_report
 from h2aseg.io import atomic_output, first_line, overlap_problem, save_nifti_like
 from h2aseg.models.registry import OutputActivation

@@ -1,7 +1,7 @@
 """Blocks shared by the multi-modal baselines (NestedFormer, A2FSeg, SDB).
 
 - :func:`pad_input` / :func:`crop_output`: run a network whose feature maps halve ``n`` times on any
-  input size (zero padding at the high end of each axis, as :class:`~h2aseg.models.baselines.PadCropNetwork`).
+  input size (zero padding at the high end of each axis, as :class:`~h2aseg.models.padcrop.PadCropNetwork`).
 - :class:`ModalityUNet`: an nnU-Net-style U-Net on one modality that exposes its decoder features
   and deep-supervision heads (MONAI's ``DynUNet`` blocks, but ``DynUNet`` itself hides the decoder
   features that A2FSeg fuses).

@@ -18,14 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from h2aseg.phantom.anatomy import (
-    BONE_TISSUES,
-    LESION_INDEX_BASE,
-    SOFT_TISSUES,
-    TISSUE_INDEX,
-    Body,
-    organ_tissue,
-)
+from h2aseg.phantom.anatomy import Body, organ_tissue
 from h2aseg.phantom.shapes import (
     Ellipsoid,
     Grid,
@@ -37,6 +30,7 @@ from h2aseg.phantom.shapes import (
     random_rotation,
     render,
 )
+from h2aseg.phantom.tissues import BONE_TISSUES, LESION_INDEX_BASE, SOFT_TISSUES, TISSUE_INDEX
 
 
 @dataclass(frozen=True)

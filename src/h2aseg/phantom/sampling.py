@@ -13,15 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from h2aseg.phantom.anatomy import (
-    LESION_INDEX_BASE,
-    TISSUE_INDEX,
-    TISSUES,
-    Body,
-    BodyFrame,
-    body_paints,
-    sample_body,
-)
+from h2aseg.phantom.anatomy import Body, BodyFrame, body_paints, sample_body
 from h2aseg.phantom.lesions import (
     MIMIC_INDEX_BASE,
     LesionParams,
@@ -34,6 +26,7 @@ from h2aseg.phantom.lesions import (
     mimic_sites,
 )
 from h2aseg.phantom.shapes import Grid, Paint, Vec3
+from h2aseg.phantom.tissues import LESION_INDEX_BASE, TISSUE_INDEX, TISSUES
 
 PresetName = Literal["small", "autopet", "hecktor"]
 

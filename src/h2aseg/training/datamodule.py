@@ -15,9 +15,10 @@ from monai.transforms import Randomizable
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from h2aseg.config import to_plain
+from h2aseg.data.dataset import make_dataset
 from h2aseg.data.layouts import Case, read_dataset
 from h2aseg.data.splits import Split, make_folds, make_split
-from h2aseg.data.transforms import PreprocessConfig, make_dataset, train_transforms, val_transforms
+from h2aseg.data.transforms import PreprocessConfig, train_transforms, val_transforms
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Pictures: PET maximum-intensity projections with lesion outlines, and training curves.
+"""Case pictures: PET maximum-intensity projections with lesion outlines and numbers, the axial CT.
 
 Arrays are in RAS voxel order ``(X, Y, Z)``: voxel index ``x`` grows towards the patient's
 Right, ``y`` towards Anterior, ``z`` towards Superior (NIfTI RAS+). Pictures follow the
@@ -11,7 +11,6 @@ from any thread or process without a display.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -173,56 +172,6 @@ def save_nifti_case_figure(
         lesions=lesions,
         **ct_own,
     )
-
-
-def save_training_curves(metrics_csv: Path, out_png: Path) -> None:
-    """Plot the losses and the validation Dice of a Lightning ``CSVLogger`` ``metrics.csv``.
-
-    Every column whose name contains ``loss`` goes on the left panel and every column containing
-    ``dice`` on the right, against ``step`` (or ``epoch``, or the row number). Rows are sparse
-    (Lightning writes training and validation values on separate rows); empty cells are skipped.
-
-    Args:
-        metrics_csv: the CSV written by Lightning's ``CSVLogger``.
-        out_png: PNG to write (atomically).
-    """
-    metrics_csv = Path(metrics_csv)
-    if not metrics_csv.is_file():
-        raise ValueError(f"{metrics_csv}: no such metrics file")
-    with metrics_csv.open(newline="") as stream:
-        rows = list(csv.DictReader(stream))
-    columns = list(rows[0]) if rows else []
-    loss_columns = [column for column in columns if "loss" in column.lower()]
-    dice_columns = [column for column in columns if "dice" in column.lower()]
-    if not loss_columns and not dice_columns:
-        raise ValueError(f"{metrics_csv}: no loss or Dice column to plot")
-    x_name = next((name for name in ("step", "epoch") if name in columns), None)
-
-    figure = Figure(figsize=(11, 4), layout="constrained")
-    loss_axes, dice_axes = figure.subplots(1, 2)
-    panels = ((loss_axes, loss_columns, "loss"), (dice_axes, dice_columns, "Dice"))
-    for axes, names, ylabel in panels:
-        axes.set_title(ylabel.capitalize(), fontsize=10)
-        for name in names:
-            x, y = _column_points(rows, x_name, name)
-            axes.plot(x, y, marker="." if len(x) < 50 else None, label=name)
-        axes.set_xlabel(x_name or "row")
-        axes.set_ylabel(ylabel)
-        axes.grid(alpha=0.3)
-        if names:
-            axes.legend()
-    dice_axes.set_ylim(0.0, 1.0)
-    _save_atomic(figure, Path(out_png))
-
-
-def _column_points(rows: list[dict[str, str]], x_name: str | None, y_name: str) -> tuple[list, list]:
-    """The (x, y) pairs of the rows where ``y_name`` (and ``x_name``) are filled in."""
-    points = [
-        (float(row[x_name]) if x_name else index, float(row[y_name]))
-        for index, row in enumerate(rows)
-        if row.get(y_name) not in (None, "") and (x_name is None or row.get(x_name) not in (None, ""))
-    ]
-    return [x for x, _ in points], [y for _, y in points]
 
 
 def _hottest_slice(pet_suv: np.ndarray, lesion_mask: np.ndarray) -> int:
