@@ -104,7 +104,7 @@ def run_demo(
     last = out_dir / CHECKPOINT_DIR / f"{LAST_NAME}.ckpt"
     steps = int(torch.load(last, map_location="cpu", weights_only=True)["global_step"])
     console = Console()
-    console.print(format_summary_table(summary))
+    console.print(format_summary_table(summary), soft_wrap=True)  # rows never wrap, even in a log
     if steps < planned:
         console.print(
             f"[bold red]warning:[/] the safety time limit cut training at step {steps} of {planned}: "
