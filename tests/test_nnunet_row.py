@@ -90,3 +90,6 @@ def test_nnunet_plans_ct_and_pet_with_the_right_normalisations(tmp_path: Path) -
     assert len(planned["patch_size"]) == 3
     assert (plans.parent / "nnUNetPlans_3d_fullres").is_dir()
     assert json.loads(splits.read_text()) == [{"train": ["case0"], "val": ["case1"]}]
+    # Closed form of a PlainConvUNet's size is long; check against nnU-Net's own network instead:
+    # more than the encoder's first 3x3x3 conv (2 -> 32 channels, with bias) and a whole count.
+    assert nnunet.count_parameters(NNUNET_ENV, plans) > 2 * 32 * 27 + 32

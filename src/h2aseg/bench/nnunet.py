@@ -272,18 +272,22 @@ def train_and_predict(
 
 
 _COUNT_PARAMETERS = (
-    "import sys, torch\n"
-    # nnU-Net's own checkpoint, read in nnU-Net's environment the way nnU-Net reads it (its training
-    # log holds NumPy scalars, which weights_only=True refuses); only the tensor count leaves it.
-    "checkpoint = torch.load(sys.argv[1], map_location='cpu', weights_only=False)\n"
-    "print(sum(t.numel() for t in checkpoint['network_weights'].values()))\n"
+    "import json, sys\n"
+    "from nnunetv2.utilities.get_network_from_plans import get_network_from_plans\n"
+    "architecture = json.load(open(sys.argv[1]))['configurations'][sys.argv[2]]['architecture']\n"
+    "network = get_network_from_plans(architecture['network_class_name'], architecture['arch_kwargs'],\n"
+    "    architecture['_kw_requires_import'], 2, 2, allow_init=False, deep_supervision=True)\n"
+    "print(sum(p.numel() for p in network.parameters()))\n"
 )
 
 
-def count_parameters(env_dir: Path, checkpoint: Path) -> int:
-    """Parameters of the network in an nnU-Net checkpoint, counted in nnU-Net's environment."""
+def count_parameters(env_dir: Path, plans_path: Path) -> int:
+    """Parameters of nnU-Net's planned 3d_fullres network for 2 channels and 2 classes.
+
+    nnU-Net builds the network from its plans in its own environment; no checkpoint is unpickled.
+    """
     result = subprocess.run(
-        [str(environment_python(env_dir)), "-c", _COUNT_PARAMETERS, str(checkpoint)],
+        [str(environment_python(env_dir)), "-c", _COUNT_PARAMETERS, str(plans_path), CONFIGURATION],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return int(result.stdout.strip().splitlines()[-1])
@@ -343,13 +347,10 @@ def run_nnunet_row(
         started = time.perf_counter()
         timings = train_and_predict(root, env_dir, seed, name, run_dir / "predictions", device=device)
         summary = evaluate_folder(run_dir / "predictions", truth_dir, run_dir / "evaluation")
-        model_dir = (
-            root / f"nnUNet_results_seed{seed}" / DATASET_NAME / f"{name}__nnUNetPlans__{CONFIGURATION}"
-        )
         record = {
             "summary": summary,
             "per_case_dice": per_case_dice(run_dir / "evaluation"),
-            "parameters": count_parameters(env_dir, model_dir / "fold_0" / "checkpoint_final.pth"),
+            "parameters": count_parameters(env_dir, plans),
             "steps": steps if trainer is None else None,
             "planned_steps": steps if trainer is None else None,
             "train_s": timings.get("train_s", 0.0),
