@@ -13,12 +13,14 @@ from h2aseg.bench.quality import (
     PAPER_ROWS,
     PET_ONLY_ROW,
     REDUCED_BASELINES,
+    RUNS_FOLDER,
     THRESHOLD_ROW,
     QualityPlan,
     _model_overrides,
     available_rows,
     default_plan,
     row_settings,
+    run_key,
     run_quality_benchmark,
 )
 from h2aseg.bench.speed import run_speed_benchmark
@@ -64,6 +66,12 @@ def test_quality_benchmark_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr("h2aseg.training.train.train", no_training)
     again = run_quality_benchmark(tmp_path / "results", quick=True, plan=plan, work_dir=tmp_path / "work")
     assert again["h2aseg"] == records["h2aseg"]
+    # Another machine: a fresh work folder, only the committed results folder; nothing is retrained.
+    [committed] = (tmp_path / "results" / RUNS_FOLDER / "h2aseg").glob("seed0_1ep_*.json")
+    assert json.loads(committed.read_text()) == run
+    results, other = tmp_path / "results", tmp_path / "other"
+    elsewhere = run_quality_benchmark(results, quick=True, plan=plan, work_dir=other)
+    assert elsewhere["h2aseg"] == records["h2aseg"]
     plan.seeds = [0, 1]
     tabulated = run_quality_benchmark(
         tmp_path / "results", quick=True, plan=plan, work_dir=tmp_path / "work", tables_only=True
@@ -92,6 +100,16 @@ def test_every_row_gets_the_same_recipe() -> None:
         assert recipe == reference, name
         shared = [item for item in settings[name] if not item.startswith("model.")]
         assert shared == [item for item in settings["h2aseg"] if not item.startswith("model.")], name
+
+
+def test_run_key_ignores_paths_and_follows_settings() -> None:
+    config_path = phantom_config_path()
+    here = resolve_config(config_path, ["data.root=/a", "output_dir=/runs/a", "data.split_file=/a/s.json"])
+    there = resolve_config(config_path, ["data.root=/b", "output_dir=/runs/b", "data.split_file=/b/s.json"])
+    faster = resolve_config(config_path, ["data.root=/a", "optim.lr=0.01"])
+    assert run_key(here, "c0") == run_key(there, "c0")
+    assert run_key(here, "c0") != run_key(here, "c1")
+    assert run_key(here, "c0") != run_key(faster, "c0")
 
 
 @pytest.mark.slow

@@ -39,8 +39,10 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from datetime import date
 from pathlib import Path
 
+from h2aseg.bench.harness import machine
 from h2aseg.bench.nnunet_env import NNUNET_VERSION as NNUNET_VERSION
 from h2aseg.bench.nnunet_env import environment_python, require_nnunet
 from h2aseg.bench.nnunet_env import installed_version as installed_version
@@ -324,7 +326,7 @@ def run_nnunet_row(
         ``parameters``, ``steps``, ``planned_steps``, ``train_s``, ``wall_s``) plus an ``nnunet``
         block (version, trainer, planned patch and network, stage times).
     """
-    from h2aseg.bench.quality import per_case_dice
+    from h2aseg.bench.quality_cohort import per_case_dice
     from h2aseg.evaluation.evaluate import evaluate_folder
 
     version = require_nnunet(env_dir)
@@ -355,6 +357,8 @@ def run_nnunet_row(
             "planned_steps": steps if trainer is None else None,
             "train_s": timings.get("train_s", 0.0),
             "wall_s": time.perf_counter() - started,
+            "date": date.today().isoformat(),
+            "machine": machine(),
             "nnunet": {
                 "version": version, "trainer": name, "epochs": epochs, "iterations_per_epoch": iterations,
                 "seed": seed, "device": device, "plan_and_preprocess_s": plan_seconds, **timings,

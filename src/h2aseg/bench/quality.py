@@ -14,21 +14,25 @@ from its last checkpoint).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-
+from h2aseg.bench.harness import machine
+from h2aseg.bench.quality_cohort import (
+    per_case_dice,
+    prepare_cohort,
+    short_key,
+    threshold_predictions,
+    truth_folder,
+)
 from h2aseg.bench.quality_tables import NNUNET_ROW, THRESHOLD_ROW, write_tables
+from h2aseg.config import resolve_config, to_plain
 from h2aseg.io import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -38,6 +42,11 @@ MULTIMODAL_ROWS = ["nestedformer", "a2fseg", "sdb"]
 """The paper's multi-modal baselines: benchmarked when the registry has them."""
 ABLATION_ROWS = ["h2aseg-baseline", "h2aseg-mcsa", "h2aseg-tamw", "h2aseg"]
 PET_ONLY_ROW = "h2aseg-pet-only"
+DEFAULT_SEEDS = (0, 1, 2)
+RUNS_FOLDER = "quality_runs"
+"""Folder of the results folder that keeps every finished run's record (committed with the tables, so
+a table is completed over several sessions and machines)."""
+NNUNET_ROW_FOLDER = "nnunet"
 BENCHMARK_MIMICS = 1.5
 """Poisson mean of CT-only-separable mimics per case in the benchmark cohort (see docs/data.md)."""
 
@@ -112,16 +121,7 @@ def default_plan(quick: bool) -> QualityPlan:
             models=["unet3d", "h2aseg"], seeds=[0], epochs=1, n_cases=6, split_ratios=(6, 2, 2),
             min_test_lesion_cases=0,
         )  # fmt: skip
-    return QualityPlan(models=available_rows(), seeds=[0, 1, 2], epochs=50, n_cases=100)
-
-
-def threshold_predictions(cases: list, out_dir: Path, threshold_suv: float = 2.5) -> None:
-    """Write ``{case}_seg.nii.gz`` = PET ≥ ``threshold_suv`` on the PET grid for each case."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for case in cases:
-        pet = nib.load(case.pet)
-        mask = (np.asarray(pet.dataobj, dtype=np.float32) >= threshold_suv).astype(np.uint8)
-        nib.save(nib.Nifti1Image(mask, pet.affine), out_dir / f"{case.case_id}_seg.nii.gz")
+    return QualityPlan(models=available_rows(), seeds=list(DEFAULT_SEEDS), epochs=50, n_cases=100)
 
 
 def _model_overrides(name: str, config_path: Path) -> list[str]:
@@ -169,68 +169,8 @@ def row_settings(name: str, seed: int, plan: QualityPlan, config_path: Path) -> 
     ]
 
 
-def _key(*parts: object) -> str:
-    """Short hash of the given parts (JSON, bytes as they are)."""
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True).encode())
-    return digest.hexdigest()[:8]
-
-
-def _truth_folder(cases: list, out_dir: Path) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for case in cases:
-        target = out_dir / f"{case.case_id}_seg.nii.gz"
-        if not target.exists():
-            os.symlink(Path(case.label).resolve(), target)
-    return out_dir
-
-
-def per_case_dice(evaluation_dir: Path) -> dict[str, float]:
-    """Dice of each case with a lesion, from ``per_case.csv`` (its one class, ``lesion_dice`` and
-    ``lesion_truth_voxels``): the pairing unit of the statistics."""
-    with (evaluation_dir / "per_case.csv").open(encoding="utf-8") as stream:
-        reader = csv.DictReader(stream)
-        dice_column = next(name for name in reader.fieldnames or [] if name.endswith("_dice"))
-        truth_column = dice_column.removesuffix("dice") + "truth_voxels"
-        return {row["case_id"]: float(row[dice_column]) for row in reader if int(row[truth_column]) > 0}
-
-
 def _write_json(path: Path, payload: dict) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
-
-
-def prepare_cohort(plan: QualityPlan, work_dir: Path) -> tuple[Path, Path, list, str]:
-    """Write (once) the cohort and its split; returns the data folder, the split file, the test cases
-    and the cohort's key. Raises ``ValueError`` when the test part has too few cases with a lesion."""
-    from h2aseg.data.layouts import read_dataset
-    from h2aseg.data.splits import make_split
-    from h2aseg.phantom.cohort import write_cohort
-    from h2aseg.phantom.sampling import PRESETS
-
-    cohort = {"n": plan.n_cases, "seed": plan.cohort_seed, "mimics": plan.mimics_per_case}
-    cohort_key = _key(cohort, list(plan.split_ratios))
-    data_dir = work_dir / f"data_{cohort_key}"
-    if not (data_dir / ".complete").exists():
-        preset = dataclasses.replace(PRESETS["small"], mimics_per_case=plan.mimics_per_case)
-        write_cohort(data_dir, n_cases=plan.n_cases, seed=plan.cohort_seed, layout="autopet", preset=preset)
-        (data_dir / ".complete").write_text(json.dumps(cohort))
-    cases = read_dataset(data_dir, require_labels=True)
-    split = make_split(cases, seed=plan.cohort_seed, ratios=tuple(plan.split_ratios))
-    split_file = work_dir / f"split_{cohort_key}.json"
-    split.save(split_file)
-    test_cases = [case for case in cases if case.case_id in set(split.test)]
-    with_lesion = sum(bool(np.asarray(nib.load(case.label).dataobj).any()) for case in test_cases)
-    if with_lesion < plan.min_test_lesion_cases:
-        raise ValueError(
-            f"{split_file}: {with_lesion} test cases with a lesion, fewer than the "
-            f"{plan.min_test_lesion_cases} asked for; raise n_cases or the test ratio"
-        )
-    logger.info(
-        "cohort %s: %d training, %d validation, %d test cases (%d with a lesion)",
-        data_dir, len(split.train), len(split.val), len(split.test), with_lesion,
-    )  # fmt: skip
-    return data_dir, split_file, test_cases, cohort_key
 
 
 def _train_and_score(overrides: list[str], run_dir: Path, test_cases: list, truth_dir: Path) -> dict:
@@ -238,7 +178,6 @@ def _train_and_score(overrides: list[str], run_dir: Path, test_cases: list, trut
     evaluate; returns the run record written to ``run_dir/result.json``."""
     import torch
 
-    from h2aseg.config import resolve_config
     from h2aseg.evaluation.evaluate import evaluate_folder
     from h2aseg.inference.checkpoint import build_network
     from h2aseg.inference.predictor import Predictor
@@ -266,6 +205,8 @@ def _train_and_score(overrides: list[str], run_dir: Path, test_cases: list, trut
         * math.ceil(n_train / config["trainer"]["batch_size"]),
         "train_s": trained - started,
         "wall_s": time.perf_counter() - started,
+        "date": date.today().isoformat(),
+        "machine": machine(),
     }
 
 
@@ -310,7 +251,7 @@ def run_quality_benchmark(
     plan = plan or default_plan(quick)
     work_dir = Path(work_dir or Path("runs") / ("bench_quality_quick" if quick else "bench_quality"))
     data_dir, split_file, test_cases, cohort_key = prepare_cohort(plan, work_dir)
-    truth_dir = _truth_folder(test_cases, work_dir / f"truth_{cohort_key}")
+    truth_dir = truth_folder(test_cases, work_dir / f"truth_{cohort_key}")
     split = json.loads(split_file.read_text())
     context = {"plan": dataclasses.asdict(plan), "split": split, "split_file": str(split_file)}
 
@@ -327,20 +268,30 @@ def run_quality_benchmark(
         }
     ]  # fmt: skip
     config_path = _config_path()
-    config_bytes = config_path.read_bytes()
+    runs_dir = Path(out_dir) / RUNS_FOLDER
+    trained = {(name, seed) for seed in plan.seeds for name in plan.models}
+    table_plan = dataclasses.replace(
+        plan,
+        models=list(dict.fromkeys([*plan.models, *([] if quick else available_rows())])),
+        seeds=sorted(set(plan.seeds) | set(() if quick else DEFAULT_SEEDS)),
+    )
     # Seeds outermost: a benchmark cut short still has every row for its first seeds.
-    for seed in plan.seeds:
-        for name in plan.models:
+    for seed in table_plan.seeds:
+        for name in table_plan.models:
             settings = row_settings(name, seed, plan, config_path)
-            run_dir = (
-                work_dir / name / f"seed{seed}_{plan.epochs}ep_{_key(config_bytes, settings, cohort_key)}"
-            )
+            key = run_key(resolve_config(config_path, settings), cohort_key)
+            stem = f"seed{seed}_{plan.epochs}ep_{key}"
+            committed = runs_dir / name / f"{stem}.json"
+            run_dir = work_dir / name / stem
             finished = run_dir / "result.json"
-            if finished.is_file():
-                logger.info("%s seed %d: already evaluated in %s, kept", name, seed, finished)
-                records.setdefault(name, []).append(json.loads(finished.read_text()))
+            if committed.is_file() or finished.is_file():
+                source = committed if committed.is_file() else finished
+                logger.info("%s seed %d: already evaluated (%s), kept", name, seed, source)
+                record = json.loads(source.read_text())
+                _write_json(committed, record)
+                records.setdefault(name, []).append(record)
                 continue
-            if tables_only:
+            if tables_only or (name, seed) not in trained:
                 continue
             overrides = [
                 *settings,
@@ -356,13 +307,27 @@ def run_quality_benchmark(
                     name, seed, plan.max_minutes, record["steps"], record["planned_steps"],
                 )  # fmt: skip
             _write_json(finished, record)
+            _write_json(committed, record)
             records.setdefault(name, []).append(record)
-            write_tables(records, context, Path(out_dir), quick, *_tables(plan))
-        if plan.nnunet_env is not None:
-            _nnunet_seed(plan, seed, work_dir, data_dir, split, truth_dir, records, tables_only)
-            write_tables(records, context, Path(out_dir), quick, *_tables(plan))
-    write_tables(records, context, Path(out_dir), quick, *_tables(plan))
+            write_tables(records, context, Path(out_dir), quick, *_tables(table_plan))
+        if plan.nnunet_env is not None or not quick:
+            nnunet_trains = plan.nnunet_env is not None and seed in plan.seeds and not tables_only
+            _nnunet_seed(plan, seed, work_dir, data_dir, split, truth_dir, records, runs_dir, nnunet_trains)
+            write_tables(records, context, Path(out_dir), quick, *_tables(table_plan))
+    write_tables(records, context, Path(out_dir), quick, *_tables(table_plan))
     return records
+
+
+def run_key(config: dict, cohort_key: str) -> str:
+    """Cache key of one run: its resolved config without the machine's paths, and the cohort's key.
+
+    Editing a comment of ``configs/phantom.yaml`` or moving the work folder keeps the key; changing
+    any setting of the run changes it.
+    """
+    config, paths = to_plain(config), {"root", "split_file", "cache_dir"}
+    settings = {section: values for section, values in config.items() if section != "output_dir"}
+    settings["data"] = {key: value for key, value in config["data"].items() if key not in paths}
+    return short_key(settings, cohort_key)
 
 
 def _nnunet_seed(
@@ -373,24 +338,29 @@ def _nnunet_seed(
     split: dict[str, list[str]],
     truth_dir: Path,
     records: dict[str, list[dict]],
-    tables_only: bool,
+    runs_dir: Path,
+    train: bool,
 ) -> None:
-    """Add the nnU-Net row's record of ``seed`` to ``records`` (trained unless ``tables_only``)."""
+    """Add the nnU-Net row's record of ``seed`` to ``records``: the committed one, the work folder's, or
+    (``train``) a new run."""
     from h2aseg.bench.nnunet import budget_trainer_name, run_nnunet_row
     from h2aseg.data.layouts import read_dataset
 
     steps = plan.epochs * math.ceil(len(split["train"]) / _batch_size(plan))
-    if tables_only:
-        finished = work_dir / "nnunet" / f"{budget_trainer_name(steps)}_seed{seed}" / "result.json"
-        if finished.is_file():
-            records.setdefault(NNUNET_ROW, []).append(json.loads(finished.read_text()))
+    cohort_key = data_dir.name.removeprefix("data_")
+    committed = runs_dir / NNUNET_ROW_FOLDER / f"seed{seed}_{steps}steps_{cohort_key}.json"
+    finished = work_dir / "nnunet" / f"{budget_trainer_name(steps)}_seed{seed}" / "result.json"
+    if committed.is_file() or finished.is_file():
+        record = json.loads((committed if committed.is_file() else finished).read_text())
+    elif train:
+        cases = read_dataset(data_dir, require_labels=True)
+        [record] = run_nnunet_row(work_dir, cases, split, truth_dir, [seed], steps, Path(plan.nnunet_env))
+    else:
         return
-    cases = read_dataset(data_dir, require_labels=True)
-    [record] = run_nnunet_row(work_dir, cases, split, truth_dir, [seed], steps, Path(plan.nnunet_env))
+    _write_json(committed, record)
     records.setdefault(NNUNET_ROW, []).append(record)
 
 
 def _batch_size(plan: QualityPlan) -> int:
-    from h2aseg.config import resolve_config
 
     return int(resolve_config(_config_path(), plan.extra_overrides)["trainer"]["batch_size"])

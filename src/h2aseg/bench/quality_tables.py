@@ -9,7 +9,6 @@ H2ASeg − row in Dice points with a 95 % percentile-bootstrap interval and the 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ import numpy as np
 
 from h2aseg.bench.harness import machine
 from h2aseg.evaluation.stats import mean_over_seeds, paired_comparison
+from h2aseg.io import write_text_atomic
 
 THRESHOLD_ROW = "SUV ≥ 2.5 threshold"
 NNUNET_ROW = "nnU-Net v2 (3d_fullres)"
@@ -95,9 +95,7 @@ def write_tables(
         **context,
     }
     payload = {"meta": meta, "runs": records}
-    temporary = out_dir / f".{stem}.json.{os.getpid()}.tmp"
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(temporary, out_dir / f"{stem}.json")
+    write_text_atomic(out_dir / f"{stem}.json", json.dumps(payload, indent=2) + "\n")
     lines = [
         f"# Paper tables on the synthetic cohort ({meta['date']})",
         "",
@@ -126,7 +124,5 @@ def write_tables(
     lines += ["", "## Table 2: MCSA and TAMW", "", HEADER.format(first="Variant")]
     lines += [_row(name, records) for name in table2 if name in records]
     markdown = out_dir / f"{stem}.md"
-    temporary = out_dir / f".{stem}.md.{os.getpid()}.tmp"
-    temporary.write_text("\n".join(lines) + "\n")
-    os.replace(temporary, markdown)
+    write_text_atomic(markdown, "\n".join(lines) + "\n")
     return markdown
