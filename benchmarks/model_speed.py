@@ -43,7 +43,7 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 
-from h2aseg.bench.harness import BenchmarkError, peak_rss_mb, rss_now_mb, run_fresh, time_steps
+from h2aseg.bench.harness import BenchmarkError, peak_rss_mb, report_result, rss_now_mb, run_fresh, time_steps
 from h2aseg.io import write_text_atomic
 
 logger = logging.getLogger("model_speed")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     if args.worker:
-        print(json.dumps(run_worker(args)))
+        report_result(run_worker(args))
         return
     with tempfile.TemporaryDirectory(prefix="h2aseg-official-") as official_dir:
         if set(args.rows) & set(OFFICIAL):

@@ -8,13 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from h2aseg.bench.harness import BenchmarkError, run_fresh, time_steps
+from h2aseg.bench.harness import BenchmarkError, report_result, run_fresh, time_steps
 
 MODEL_SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "model_speed.py"
 
 
-def test_run_fresh_returns_the_last_json_line_or_the_last_error_line() -> None:
-    assert run_fresh(["-c", "print('noise'); print('[1, 2]')"]) == [1, 2]
+def test_run_fresh_returns_the_reported_result_or_the_last_error_line() -> None:
+    report = "from h2aseg.bench.harness import report_result; print('[3]'); report_result([1, 2])"
+    assert run_fresh(["-c", report]) == [1, 2]  # stdout is free for logs
+    with pytest.raises(BenchmarkError, match="no result"):
+        run_fresh(["-c", "print('[1, 2]')"])
+    with pytest.raises(BenchmarkError, match="not set"):
+        report_result([1])
     with pytest.raises(BenchmarkError, match="ValueError: broken"):
         run_fresh(["-c", "raise ValueError('broken')"])
     with pytest.raises(BenchmarkError, match="timed out"):

@@ -13,7 +13,7 @@ from h2aseg.bench.harness import run_fresh
 
 STEP_SCRIPT = """
 import json, sys, torch
-from h2aseg.bench.harness import time_steps
+from h2aseg.bench.harness import report_result, time_steps
 from h2aseg.cpu_allocator import keep_freed_memory
 from h2aseg.models import build_model
 tuned, size, batch, steps, threads = json.loads(sys.argv[1])
@@ -28,7 +28,7 @@ def step():
     optimiser.zero_grad()
     sum(torch.nn.functional.cross_entropy(o, y) for o in model.forward_deep(x)).backward()
     optimiser.step()
-print(json.dumps(time_steps(step, steps, warmup=2).means()))  # warm-up: the heap grows to its working size
+report_result(time_steps(step, steps, warmup=2).means())  # warm-up: the heap grows to its working size
 """
 
 

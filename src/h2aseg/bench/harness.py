@@ -14,6 +14,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,28 +26,43 @@ class BenchmarkError(RuntimeError):
     """A measurement that gave no result (failed or timed out); the message is one line."""
 
 
+RESULT_FILE_VARIABLE = "H2ASEG_BENCH_RESULT"
+"""Environment variable naming the file where a fresh interpreter's measurement writes its result."""
+
+
 def run_fresh(
     argv: Sequence[str], timeout_s: float | None = None, env: Mapping[str, str] | None = None
 ) -> Any:
-    """Run ``python *argv`` in a fresh interpreter and return the JSON of its last stdout line.
+    """Run ``python *argv`` in a fresh interpreter and return what it passed to :func:`report_result`.
+
+    The child learns the result file from ``H2ASEG_BENCH_RESULT``; its stdout stays free for logs.
 
     Raises:
-        BenchmarkError: non-zero exit (the last line of its stderr is the message) or timeout.
+        BenchmarkError: non-zero exit (the last line of its stderr is the message), timeout, or no result.
     """
-    command = [sys.executable, *argv]
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout_s, env=None if env is None else dict(env)
-        )
-    except subprocess.TimeoutExpired as error:
-        raise BenchmarkError(f"timed out after {timeout_s:.0f} s") from error
-    if done.returncode != 0:
-        lines = (done.stderr or "").strip().splitlines()
-        raise BenchmarkError(lines[-1] if lines else f"exit code {done.returncode}")
-    lines = done.stdout.strip().splitlines()
-    if not lines:
-        raise BenchmarkError("the measurement printed no result")
-    return json.loads(lines[-1])
+    with tempfile.TemporaryDirectory(prefix="h2aseg-bench-") as folder:
+        result_file = Path(folder) / "result.json"
+        child_env = {**(os.environ if env is None else env), RESULT_FILE_VARIABLE: str(result_file)}
+        try:
+            done = subprocess.run(
+                [sys.executable, *argv], capture_output=True, text=True, timeout=timeout_s, env=child_env
+            )
+        except subprocess.TimeoutExpired as error:
+            raise BenchmarkError(f"timed out after {timeout_s:.0f} s") from error
+        if done.returncode != 0:
+            lines = (done.stderr or "").strip().splitlines()
+            raise BenchmarkError(lines[-1] if lines else f"exit code {done.returncode}")
+        if not result_file.is_file():
+            raise BenchmarkError("the measurement reported no result")
+        return json.loads(result_file.read_text())
+
+
+def report_result(result: Any) -> None:
+    """Hand ``result`` (JSON-serialisable) to the :func:`run_fresh` that started this interpreter."""
+    path = os.environ.get(RESULT_FILE_VARIABLE)
+    if not path:
+        raise BenchmarkError(f"{RESULT_FILE_VARIABLE} is not set: run this measurement through run_fresh")
+    Path(path).write_text(json.dumps(result))
 
 
 @dataclass

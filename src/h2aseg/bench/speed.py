@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rich.progress import track
 
-from h2aseg.bench.harness import BenchmarkError, machine, peak_rss_mb, run_fresh, time_steps
+from h2aseg.bench.harness import BenchmarkError, machine, peak_rss_mb, report_result, run_fresh, time_steps
 from h2aseg.io import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -271,4 +271,4 @@ if __name__ == "__main__":
         arguments["repeats"],
         arguments["quick"],
     )
-    print(json.dumps(asdict(measured)))
+    report_result(asdict(measured))
