@@ -100,7 +100,8 @@ def write_tables(
         f"# Paper tables on the synthetic cohort ({meta['date']})",
         "",
         f"Command: `{meta['command']}`. Machine: {meta['machine']}. One recipe for every trained row "
-        f"(`configs/phantom.yaml` at Adam {plan['learning_rate']:g}, poly schedule to zero at epoch "
+        f"(`configs/phantom.yaml` at Adam {plan['learning_rate']:g}, every output started at foreground "
+        f"probability {plan.get('output_prior')}, poly schedule to zero at epoch "
         f"{plan['epochs']}, batch Dice, "
         "lesion-centred patches, augmentation, EMA, no dropout), the same epochs over the same "
         f"{len(split['train'])} training cases (the same optimiser steps and patch), seeds {plan['seeds']}; "

@@ -258,6 +258,9 @@ def _check_values(config: DictConfig, source: str) -> None:
             raise ValueError(f"{source}: trainer.{key} must be {expected}, got {trainer[key]!r}")
     if trainer.ema_decay is not None and not 0.0 < trainer.ema_decay < 1.0:
         raise ValueError(f"{source}: trainer.ema_decay must be null or in (0, 1), got {trainer.ema_decay}")
+    prior = config.optim.output_prior
+    if prior is not None and not 0.0 < prior < 1.0:
+        raise ValueError(f"{source}: optim.output_prior must be null or in (0, 1), got {prior}")
     inference = config.inference
     if not 0.0 <= inference.overlap < 1.0 or inference.sw_batch_size < 1:
         raise ValueError(

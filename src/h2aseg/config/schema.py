@@ -47,6 +47,7 @@ class OptimConfig:
     weight_decay: float = 1.0e-5
     lr_decay: float = 0.99
     schedule: str = "exponential"
+    output_prior: float | None = None
 
 
 @dataclass

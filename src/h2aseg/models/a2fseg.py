@@ -51,6 +51,9 @@ class A2FSeg(nn.Module):
         spacing_mm: voxel spacing ``(X, Y, Z)`` in mm the plan is derived for.
         filters: features per level; ``None``: nnU-Net's ``min(32 * 2**i, 320)``.
         max_poolings: most down-samplings per axis.
+        output_bias: give the final 1³ output convolution a bias (none in the design followed, see
+            docs/baselines.md; the quality benchmark adds one so that its prior initialisation,
+            :mod:`h2aseg.models.output_prior`, applies to every row).
 
     Example:
         >>> model = A2FSeg(patch_size=(32, 32, 32), spacing_mm=(1, 1, 1), filters=(4, 8, 16, 32)).eval()
@@ -67,6 +70,7 @@ class A2FSeg(nn.Module):
         spacing_mm: Sequence[float] = (2.0, 2.0, 3.0),
         filters: Sequence[int] | None = None,
         max_poolings: int = 5,
+        output_bias: bool = False,
     ) -> None:
         super().__init__()
         if out_channels < 2:
@@ -100,7 +104,7 @@ class A2FSeg(nn.Module):
             for _ in range(N_MODALITIES)
         )
         self.final_block = conv_norm_act(2 * base, base)
-        self.output = nn.Conv3d(base, out_channels, 1, bias=False)
+        self.output = nn.Conv3d(base, out_channels, 1, bias=output_bias)
         self.head_weights = nnunet_head_weights(n_heads)
         self._kept: tuple[list[list[Tensor]], tuple[int, ...]] | None = None
 

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from h2aseg.config import to_plain
 from h2aseg.inference.checkpoint import build_network
 from h2aseg.inference.predictor import sliding_window_logits
+from h2aseg.models.output_prior import set_output_prior
 from h2aseg.models.registry import DeeplySupervised
 from h2aseg.training.loss import DeepSupervisionLoss
 
@@ -51,6 +52,9 @@ class SegmentationModule(lightning.LightningModule):
         self.save_hyperparameters({"config": to_plain(config)})
         self.config = self.hparams["config"]
         self.model = build_network(self.config)
+        prior = self.config["optim"].get("output_prior")
+        if prior is not None:
+            set_output_prior(self.model, prior, patch_size_of(self.config))
         self.deep_supervision = isinstance(self.model, DeeplySupervised)
         weights = self.config["loss"]["deep_supervision_weights"] if self.deep_supervision else None
         self.loss = DeepSupervisionLoss(
