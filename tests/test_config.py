@@ -32,6 +32,7 @@ def test_defaults_are_filled(minimal: Path) -> None:
         "weight_decay": 1.0e-5,
         "lr_decay": 0.99,
         "schedule": "exponential",
+        "output_prior": None,
     }
     assert config["loss"]["deep_supervision_weights"] == [5, 4, 3, 2, 1]
     assert config["trainer"]["max_epochs"] == 200 and config["trainer"]["precision"] == "32-true"
