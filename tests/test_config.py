@@ -139,6 +139,7 @@ def test_shipped_configs_resolve(name: str) -> None:
             "weight_decay": 1.0e-5,
             "lr_decay": 0.99,
             "schedule": "exponential",
+            "output_prior": None,
         }
         assert config["trainer"]["max_epochs"] == 200 and config["trainer"]["batch_size"] == 2
         assert config["preprocess"]["patch_size"] == [128, 128, 64]
