@@ -84,11 +84,14 @@ def demo(
     minutes: Annotated[
         float | None, typer.Option(help="Wall-time budget of the training (default: the config's).")
     ] = None,
+    test_cases: Annotated[
+        int, typer.Option(help="Further held-out cases scored beside the split's test part.")
+    ] = 40,
 ) -> None:
     """Synthetic cohort -> train H2ASeg -> predict held-out cases -> metrics, masks, reports, pictures."""
     from h2aseg.pipeline.demo import run_demo
 
-    _run(lambda: run_demo(out, n_cases=cases, seed=seed, max_minutes=minutes))
+    _run(lambda: run_demo(out, n_cases=cases, seed=seed, max_minutes=minutes, test_cases=test_cases))
 
 
 @app.command()
