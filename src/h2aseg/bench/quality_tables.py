@@ -99,12 +99,14 @@ def write_tables(
     lines = [
         f"# Paper tables on the synthetic cohort ({meta['date']})",
         "",
-        f"Command: `{meta['command']}`. Machine: {meta['machine']}. One recipe for every trained row "
+        f"Tables written by `{meta['command']}` on {meta['machine']}; each run's own date and machine are "
+        "in its record under `quality_runs/`. One recipe for every trained row "
         f"(`configs/phantom.yaml` at Adam {plan['learning_rate']:g}, every output started at foreground "
         f"probability {plan.get('output_prior')}, poly schedule to zero at epoch "
         f"{plan['epochs']}, batch Dice, "
         "lesion-centred patches, augmentation, EMA, no dropout), the same epochs over the same "
-        f"{len(split['train'])} training cases (the same optimiser steps and patch), seeds {plan['seeds']}; "
+        f"{len(split['train'])} training cases (the same optimiser steps and patch), seeds as in the seeds "
+        "column; "
         "rows differ only in the model and its widths (`REDUCED_BASELINES`). Cohort: "
         f"{plan['n_cases']} `small` phantoms (seed {plan['cohort_seed']}) with "
         f"{plan['mimics_per_case']} CT-only-separable mimics per case on average, split "
