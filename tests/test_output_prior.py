@@ -69,6 +69,15 @@ def test_a_network_with_zero_weights_predicts_exactly_the_prior(residual: bool) 
         assert torch.equal(model.branch.bias, torch.zeros(2))  # the added branch is zeroed
 
 
+def test_the_probe_leaves_batch_norm_statistics_alone() -> None:
+    model = _Head(2)
+    model.main = nn.Sequential(nn.BatchNorm3d(2), nn.Conv3d(2, 2, 1))
+    before = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    set_output_prior(model, 0.01, (8, 8, 8))
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, before[name]), name
+
+
 def test_an_output_without_a_bias_is_refused() -> None:
     with pytest.raises(ValueError, match=r"_Head: output 0 .* bias"):
         set_output_prior(_Head(2, bias=False), 0.01, (8, 8, 8))

@@ -72,12 +72,18 @@ def output_biases(model: nn.Module, patch_size: Sequence[int]) -> list[list[nn.P
     """
     probe = torch.zeros(1, 2, *patch_size)
     was_training = model.training
+    # Training mode, where deep-supervision heads answer (MONAI's DynUNet); the probe must not move
+    # batch-norm running statistics, so every buffer is put back afterwards.
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
     model.train()
     try:
         with torch.enable_grad():
             outputs = model.forward_deep(probe) if isinstance(model, DeeplySupervised) else model(probe)
     finally:
         model.train(was_training)
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(buffers[name])
     outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
     channels = model.out_channels
     per_output = []
